@@ -1,0 +1,50 @@
+# whisperctl developer tasks. `make test` and `make demo` set everything up themselves on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PIP := $(PY) -m pip
+# A pinned CPU build of PyTorch, installed before anything that depends on torch: an unpinned `torch`
+# on a fresh venv pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# The reference implementation, for conformance tests and benchmarks only. Its model and loader need
+# these four; --no-deps keeps it from pulling triton.
+WHISPER_SPEC ?= openai-whisper==20250625
+WHISPER_DEPS ?= tiktoken numba more-itertools tqdm
+STAMP := $(VENV)/.installed
+
+.PHONY: help install demo test check bench clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Build .venv: pinned CPU torch, whisperctl (editable) with test extras, openai-whisper
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet $(TORCH_SPEC)
+	$(PIP) install --quiet -e '.[torch,test]'
+	$(PIP) install --quiet --no-deps $(WHISPER_SPEC)
+	$(PIP) install --quiet $(WHISPER_DEPS)
+	@touch $@
+
+demo: install ## Run the main job end to end on the built-in offline demo
+	$(BIN)/python demo/run.py
+
+test: install ## Run the whole test suite
+	$(BIN)/pytest
+
+check: install ## ruff + mypy (strict) on src/
+	$(BIN)/ruff check src tests bench demo
+	$(BIN)/ruff format --check src tests bench demo
+	$(BIN)/mypy
+
+bench: install ## Run the benchmarks (figures go to bench/results/)
+	$(BIN)/python bench/startup.py
+
+clean: ## Remove the venv, caches and demo/bench outputs
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo bench/results build dist
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,51 @@
+"""whisperctl: list, download, verify, inspect and load OpenAI Whisper checkpoints.
+
+The library is quiet (it never prints) and typed; the ``whisperctl`` command is a thin layer over it.
+"""
+
+from __future__ import annotations
+
+from .api import list_models, model_info, model_path
+from .cache import Cache, CacheEntry, Stamp, default_cache_dir, resolve_cache_dir
+from .dims import ModelDimensions, ParameterCounts, count_parameters
+from .errors import (
+    CacheError,
+    DeviceError,
+    IntegrityError,
+    NetworkError,
+    NotCachedError,
+    RegistryError,
+    UnknownModelError,
+    UsageError,
+    WhisperctlError,
+)
+from .registry import ModelSpec, Registry, load_registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cache",
+    "CacheEntry",
+    "CacheError",
+    "DeviceError",
+    "IntegrityError",
+    "ModelDimensions",
+    "ModelSpec",
+    "NetworkError",
+    "NotCachedError",
+    "ParameterCounts",
+    "Registry",
+    "RegistryError",
+    "Stamp",
+    "UnknownModelError",
+    "UsageError",
+    "WhisperctlError",
+    "__version__",
+    "count_parameters",
+    "default_cache_dir",
+    "list_models",
+    "load_registry",
+    "model_info",
+    "model_path",
+    "resolve_cache_dir",
+]

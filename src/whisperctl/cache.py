@@ -1,0 +1,219 @@
+"""Where model files live, and what whisperctl knows about each of them.
+
+The cache directory is ``--cache-dir`` > ``$WHISPERCTL_CACHE_DIR`` > openai-whisper's own default
+(``$XDG_CACHE_HOME/whisper``, else ``~/.cache/whisper``), with files named as openai-whisper names them
+(``tiny.pt``, ``large-v3.pt``), so that either tool uses what the other downloaded. openai-whisper 20250625
+applies that rule on every platform, macOS and Windows included, so whisperctl does too: a platform-native
+directory there would split the cache in two.
+
+whisperctl's own state lives in a hidden ``.whisperctl/`` folder inside the cache, so it travels with the
+files it describes (a shared NFS cache, a CI cache archive): a *stamp* per verified file records its size,
+mtime_ns, inode and the SHA-256 measured when it was last hashed. A file whose stat still matches its stamp
+need not be hashed again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import CacheError
+from .registry import ModelSpec
+
+__all__ = [
+    "CACHE_ENV",
+    "LAYOUT_VERSION",
+    "STATE_DIRNAME",
+    "Cache",
+    "CacheEntry",
+    "Stamp",
+    "Status",
+    "default_cache_dir",
+    "resolve_cache_dir",
+]
+
+CACHE_ENV = "WHISPERCTL_CACHE_DIR"
+STATE_DIRNAME = ".whisperctl"
+LAYOUT_VERSION = 1
+
+Status = Literal["missing", "partial", "present", "verified", "corrupt"]
+
+
+def default_cache_dir() -> Path:
+    """openai-whisper's download root: ``$XDG_CACHE_HOME/whisper``, else ``~/.cache/whisper``."""
+    # An empty XDG_CACHE_HOME counts as unset (XDG Base Directory spec).
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base, "whisper").absolute()
+
+
+def resolve_cache_dir(explicit: Path | str | None = None) -> Path:
+    """``explicit`` (``--cache-dir``) > ``$WHISPERCTL_CACHE_DIR`` > :func:`default_cache_dir`."""
+    chosen = explicit if explicit not in (None, "") else os.environ.get(CACHE_ENV)
+    if not chosen:
+        return default_cache_dir()
+    return Path(chosen).expanduser().absolute()
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What a file looked like when it was last hashed, and the digest measured then."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: str
+    checked_at: float
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (self.size, self.mtime_ns, self.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A model's state in the cache."""
+
+    spec: ModelSpec
+    path: Path
+    status: Status
+    size_on_disk: int | None
+    partial_path: Path | None
+    stamp: Stamp | None
+
+    @property
+    def exists(self) -> bool:
+        return self.status in ("present", "verified", "corrupt")
+
+
+class Cache:
+    """A cache directory: model files at the top, whisperctl's state in ``.whisperctl/``."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.state_dir = self.root / STATE_DIRNAME
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.root)!r})"
+
+    def path_for(self, spec: ModelSpec) -> Path:
+        return self.root / spec.filename
+
+    def partial_path(self, spec: ModelSpec) -> Path:
+        return self.root / f"{spec.filename}.part"
+
+    def partial_state_path(self, spec: ModelSpec) -> Path:
+        return self.root / f"{spec.filename}.part.json"
+
+    def stamp_path(self, spec: ModelSpec) -> Path:
+        return self.state_dir / "stamps" / f"{spec.filename}.json"
+
+    def lock_path(self, spec: ModelSpec) -> Path:
+        return self.state_dir / "locks" / f"{spec.filename}.lock"
+
+    def check_readable(self) -> None:
+        """Raise :class:`CacheError` when the cache path exists but cannot be used as a directory."""
+        try:
+            st = self.root.stat()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _cache_error(self.root, "cannot read the cache directory", exc) from exc
+        if not _is_dir(st):
+            raise CacheError(
+                f"{self.root}: the cache path is not a directory; remove it or choose another "
+                f"with --cache-dir or {CACHE_ENV}"
+            )
+
+    def ensure(self) -> None:
+        """Create the cache and its state folder (for commands that write)."""
+        self.check_readable()
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _cache_error(self.root, "cannot create the cache directory", exc) from exc
+
+    def read_stamp(self, spec: ModelSpec) -> Stamp | None:
+        """The stamp of a model's file, or None when there is none or it is unreadable (then re-hash)."""
+        try:
+            data: Any = json.loads(self.stamp_path(spec).read_text("utf-8"))
+            return Stamp(
+                size=int(data["size"]),
+                mtime_ns=int(data["mtime_ns"]),
+                inode=int(data["inode"]),
+                sha256=str(data["sha256"]),
+                checked_at=float(data["checked_at"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write_stamp(self, spec: ModelSpec, st: os.stat_result, sha256: str) -> Stamp:
+        """Record the digest measured for the file whose stat is ``st`` (atomically)."""
+        stamp = Stamp(
+            size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, sha256=sha256, checked_at=time.time()
+        )
+        payload = {"layout": LAYOUT_VERSION, "name": spec.name, "filename": spec.filename, **stamp.__dict__}
+        atomic_write_text(self.stamp_path(spec), json.dumps(payload, indent=1) + "\n")
+        return stamp
+
+    def forget_stamp(self, spec: ModelSpec) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.stamp_path(spec).unlink()
+
+    def entry(self, spec: ModelSpec) -> CacheEntry:
+        """The status of one model: missing, partial, present, verified or corrupt."""
+        self.check_readable()
+        path = self.path_for(spec)
+        part = self.partial_path(spec)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            has_part = part.is_file()
+            return CacheEntry(
+                spec, path, "partial" if has_part else "missing", None, part if has_part else None, None
+            )
+        except OSError as exc:
+            raise _cache_error(path, "cannot read the cached file", exc) from exc
+        if not _is_file(st):
+            raise CacheError(
+                f"{path}: not a regular file; remove it so that the model can be downloaded there"
+            )
+        stamp = self.read_stamp(spec)
+        status: Status = "present"
+        if stamp is not None and stamp.matches(st):
+            status = "verified" if stamp.sha256 == spec.sha256 else "corrupt"
+        return CacheEntry(spec, path, status, st.st_size, part if part.is_file() else None, stamp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _is_dir(st: os.stat_result) -> bool:
+    return stat.S_ISDIR(st.st_mode)
+
+
+def _is_file(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode)
+
+
+def _cache_error(path: Path, what: str, exc: OSError) -> CacheError:
+    reason = exc.strerror or type(exc).__name__
+    return CacheError(f"{path}: {what} ({reason}); check its permissions or choose another with --cache-dir")

@@ -1,0 +1,90 @@
+"""The whisperctl error tree: one class per exit code.
+
+Every failure a user can act on is a :class:`WhisperctlError` whose message is one line saying what happened,
+where, and what to do next. The CLI maps each class to its documented exit code; anything else is a bug and
+stays a traceback (exit 1).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CacheError",
+    "DeviceError",
+    "IntegrityError",
+    "NetworkError",
+    "NotCachedError",
+    "RegistryError",
+    "TorchMissingError",
+    "UnknownModelError",
+    "UsageError",
+    "WhisperctlError",
+]
+
+
+class WhisperctlError(Exception):
+    """Base class of every error whisperctl reports to a user."""
+
+    exit_code: int = 1
+
+
+class UsageError(WhisperctlError):
+    """Bad arguments or input (exit 2)."""
+
+    exit_code = 2
+
+
+class UnknownModelError(UsageError):
+    """A model name that is neither official nor in the user registry (exit 2)."""
+
+    def __init__(self, name: str, suggestions: list[str]) -> None:
+        self.name = name
+        self.suggestions = suggestions
+        hint = f"did you mean {', '.join(repr(s) for s in suggestions)}? " if suggestions else ""
+        super().__init__(
+            f"unknown model {name!r}: {hint}run `whisperctl list` for the official names, "
+            "or add it to your registry file"
+        )
+
+
+class RegistryError(UsageError):
+    """A malformed user registry file (exit 2)."""
+
+
+class NetworkError(WhisperctlError):
+    """The network failed after every retry (exit 3)."""
+
+    exit_code = 3
+
+
+class IntegrityError(WhisperctlError):
+    """A digest mismatch, a corrupt file or an invalid checkpoint (exit 4)."""
+
+    exit_code = 4
+
+
+class NotCachedError(WhisperctlError):
+    """The model is not in the cache and may not be fetched (exit 5)."""
+
+    exit_code = 5
+
+
+class CacheError(WhisperctlError):
+    """The cache cannot be used: permissions, not a directory, no space (exit 6)."""
+
+    exit_code = 6
+
+
+class DeviceError(WhisperctlError):
+    """The requested device is not available (exit 7)."""
+
+    exit_code = 7
+
+
+class TorchMissingError(UsageError):
+    """PyTorch is needed but not installed (exit 2)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} needs PyTorch, which is not installed: run `pip install 'whisperctl[torch]'` "
+            "(or `pip install torch`)"
+        )

@@ -1,0 +1,38 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from whisperctl.cli import app
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    """Runs the Typer app in-process and returns exit code, stdout and stderr separately."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        r = self.runner.invoke(app, list(args), env=env, catch_exceptions=False)
+        return Result(r.exit_code, r.stdout, r.stderr)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_registry(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
