@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from . import __version__, api
 from .cache import CACHE_ENV
 from .errors import WhisperctlError
-from .output import Output, entry_info_json, entry_list_json
+from .output import Bars, Output, download_json, entry_info_json, entry_list_json, verify_json
 from .registry import REGISTRY_ENV
 
 __all__ = ["app", "main"]
@@ -148,6 +148,117 @@ def path(ctx: typer.Context, name: NameArg) -> None:
     """Print the absolute path of a cached model (exit 5 if not cached), e.g. `$(whisperctl path tiny)`."""
     st = _state(ctx)
     st.output.line(str(api.model_path(name, cache_dir=st.cache_dir, registry=st.registry)))
+
+
+NamesArg = Annotated[list[str] | None, typer.Argument(help="Model names or aliases.", show_default=False)]
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    names: NamesArg = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every model in the registry.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if verified.")] = False,
+    connections: Annotated[
+        int, typer.Option("--connections", min=1, max=64, help="Parallel byte ranges per large file.")
+    ] = 8,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=32, help="Models downloaded at once.")] = 4,
+    mirror: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mirror",
+            help="Mirror URL or directory (<base>/<sha256>/<file>), tried before the official URL; "
+            "repeatable or comma-separated [env: WHISPERCTL_MIRROR].",
+            show_default=False,
+        ),
+    ] = None,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline", help="No network: only the cache and mirror directories [env: WHISPERCTL_OFFLINE=1]."
+        ),
+    ] = False,
+    stall_timeout: Annotated[
+        float,
+        typer.Option(
+            "--stall-timeout", min=0.1, help="Seconds without a byte before a connection is retried."
+        ),
+    ] = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Download models into the cache, verified (SHA-256) while they stream; resumes interrupted downloads."""
+    from .download import env_offline
+    from .transfer import TransferOptions
+
+    st = _state(ctx)
+    registry, _ = api.open_context(st.cache_dir, st.registry)
+    if all_:
+        names = [spec.name for spec in registry]
+    if not names:
+        raise typer.BadParameter("name at least one model, or use --all", param_hint="NAMES")
+    with Bars(st.output) as bars:
+        records = api.download(
+            names,
+            cache_dir=st.cache_dir,
+            registry=registry,
+            mirrors=mirror or None,
+            offline=offline or env_offline(),
+            force=force,
+            jobs=jobs,
+            options=TransferOptions(connections=connections, stall_timeout=stall_timeout),
+            progress=bars,
+            check=False,
+        )
+    if as_json:
+        st.output.json([download_json(r) for r in records])
+    failed = [r for r in records if not r.ok]
+    for r in failed:
+        st.output.error(str(r.error))
+    if failed:
+        raise typer.Exit(failed[0].exit_code)
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    names: NamesArg = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Download again what is corrupt.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, max=32, help="Files hashed at once.")] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-hash cached models in full (all cached models when none is named) and update their stamps.
+
+    Exit 0 when every model is ok, 5 when the only problem is models not (fully) downloaded, else 4.
+    """
+    st = _state(ctx)
+    registry, _ = api.open_context(st.cache_dir, st.registry)
+    with Bars(st.output, label="verified") as bars:
+        records = api.verify(
+            names,
+            cache_dir=st.cache_dir,
+            registry=registry,
+            jobs=jobs,
+            on_start=lambda spec, size: bars.start(spec.name, size, 0),
+            on_bytes=lambda spec, n: bars.advance(spec.name, n),
+        )
+    corrupt = [r.name for r in records if r.status == "corrupt"]
+    if repair and corrupt:
+        with Bars(st.output) as bars:
+            api.download(
+                corrupt, cache_dir=st.cache_dir, registry=registry, force=True, progress=bars, check=False
+            )
+        repaired = {
+            r.name: r for r in api.verify(corrupt, cache_dir=st.cache_dir, registry=registry, jobs=jobs)
+        }
+        records = [repaired.get(r.name, r) for r in records]
+    if as_json:
+        st.output.json([verify_json(r) for r in records])
+    else:
+        for r in records:
+            st.output.verify_line(r)
+    bad = [r for r in records if not r.ok]
+    if bad:
+        raise typer.Exit(5 if all(r.status in ("missing", "partial") for r in bad) else 4)
 
 
 def main() -> None:

@@ -7,9 +7,13 @@ stays a traceback (exit 1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 __all__ = [
     "CacheError",
     "DeviceError",
+    "DownloadError",
     "IntegrityError",
     "NetworkError",
     "NotCachedError",
@@ -88,3 +92,15 @@ class TorchMissingError(UsageError):
             f"{what} needs PyTorch, which is not installed: run `pip install 'whisperctl[torch]'` "
             "(or `pip install torch`)"
         )
+
+
+class DownloadError(WhisperctlError):
+    """Raised by :func:`whisperctl.download` when a model failed, after every model was tried.
+
+    ``records`` holds one ``DownloadRecord`` per model; ``exit_code`` is that of the first failure.
+    """
+
+    def __init__(self, message: str, exit_code: int, records: Sequence[Any]) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.records = list(records)

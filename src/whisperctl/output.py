@@ -9,15 +9,38 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from .cache import CacheEntry
 
-__all__ = ["Output", "entry_info_json", "entry_list_json", "human_bytes", "human_count"]
+if TYPE_CHECKING:
+    from .download import DownloadRecord
+    from .verify import VerifyRecord
+
+__all__ = [
+    "Bars",
+    "Output",
+    "download_json",
+    "entry_info_json",
+    "entry_list_json",
+    "human_bytes",
+    "human_count",
+    "verify_json",
+]
 
 _STATUS_STYLE = {
     "verified": "green",
@@ -127,6 +150,23 @@ class Output:
         self.out.file.write(text + "\n")
         self.out.file.flush()
 
+    def verify_line(self, record: VerifyRecord) -> None:
+        style = {"ok": "green", "corrupt": "bold red", "partial": "yellow", "missing": "dim"}[record.status]
+        text = Text(f"{record.name}: ") + Text(record.status, style=style)
+        if record.status == "corrupt":
+            actual = record.sha256_actual or record.error or "unreadable"
+            text.append(
+                f" (expected SHA-256 {record.sha256_expected}, got {actual}); run `whisperctl verify "
+                f"--repair {record.name}` or `whisperctl download --force {record.name}`"
+            )
+        elif record.status == "ok":
+            text.append(f" {record.path}", style="dim")
+        elif record.status == "partial":
+            text.append(f" (unfinished download); run `whisperctl download {record.name}` to finish it")
+        else:
+            text.append(f" (not in the cache); run `whisperctl download {record.name}`")
+        self.out.print(text)
+
     def model_table(self, entries: Sequence[CacheEntry], *, cache_root: str) -> None:
         table = Table(title=None, caption=self._caption(entries, cache_root), caption_justify="left")
         table.add_column("name", style="bold", no_wrap=True)
@@ -194,3 +234,100 @@ class Output:
         grid.add_row("status", status)
         grid.add_row("path", str(entry.path))
         self.out.print(grid)
+
+
+def download_json(record: DownloadRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "path": str(record.path),
+        "sha256": record.sha256,
+        "size_bytes": record.size_bytes,
+        "status": record.status,
+        "seconds": record.seconds,
+        "source": record.source,
+        "error": record.error,
+        "resumed_from": record.resumed_from,
+    }
+
+
+def verify_json(record: VerifyRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "path": str(record.path),
+        "status": record.status,
+        "sha256_expected": record.sha256_expected,
+        "sha256_actual": record.sha256_actual,
+        "size_bytes": record.size_bytes,
+        "error": record.error,
+    }
+
+
+class Bars:
+    """Progress of downloads or hashing: a rich bar per file plus a total on a terminal; on anything else
+    (a CI log, a pipe) no bars, and one line per finished file. Nothing at all with ``--quiet``.
+
+    Implements the library's ``DownloadProgress`` protocol.
+    """
+
+    def __init__(self, output: Output, *, label: str = "total") -> None:
+        self.output = output
+        self.live = output.err.is_terminal and not output.quiet
+        self.tasks: dict[str, TaskID] = {}
+        self.done: dict[str, int] = {}
+        self.progress = Progress(
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(bar_width=None),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=output.err,
+            disable=not self.live,
+            expand=True,
+        )
+        self.total = self.progress.add_task(f"[bold]{label}", total=0, visible=False)
+
+    def __enter__(self) -> Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.progress.stop()
+
+    def start(self, name: str, total: int | None, completed: int) -> None:
+        task = self.tasks.get(name)
+        if task is None:
+            self.tasks[name] = self.progress.add_task(name, total=total, completed=completed)
+        else:  # a transfer that started over
+            self.progress.reset(task, total=total, completed=completed)
+        self.done[name] = completed
+        self._update_total()
+
+    def advance(self, name: str, nbytes: int) -> None:
+        self.progress.advance(self.tasks[name], nbytes)
+        self.progress.advance(self.total, nbytes)
+        self.done[name] = self.done.get(name, 0) + nbytes
+
+    def _update_total(self) -> None:
+        totals = [self.progress.tasks[t].total or 0 for t in self.tasks.values()]
+        self.progress.update(
+            self.total, total=sum(totals), completed=sum(self.done.values()), visible=len(self.tasks) > 1
+        )
+
+    def note(self, name: str, message: str) -> None:
+        if not self.output.quiet:
+            self.progress.console.print(Text(f"{name}: {message}", style="yellow"))
+
+    def finish(self, record: DownloadRecord) -> None:
+        if record.status == "failed" or self.output.quiet:
+            return  # the CLI reports failures once, at the end
+        if record.status == "cached":
+            line = f"{record.name}: cached, verified ({record.path})"
+        else:
+            size = record.size_bytes or 0
+            rate = size / record.seconds if record.seconds > 0 else 0.0
+            resumed = f", resumed at {human_bytes(record.resumed_from)}" if record.resumed_from else ""
+            line = (
+                f"{record.name}: downloaded {human_bytes(size)} in {record.seconds:.1f} s "
+                f"({human_bytes(int(rate))}/s{resumed}) from {record.source}"
+            )
+        self.progress.console.print(Text(line, style="green" if self.live else ""))

@@ -1,0 +1,458 @@
+"""Downloading models into the cache: sources, locks, verification, the final rename.
+
+For each model: a file whose stamp says *verified* costs nothing; a file already there but never hashed
+(openai-whisper's, say) is hashed once and stamped; otherwise the model is fetched from the mirrors in order,
+then from its official URL, under a per-model lock so that concurrent processes download it once.
+
+"The lock is for efficiency, the hash is for correctness": whatever the locks did, a file reaches its final
+name only by ``os.replace`` after its SHA-256 matched and its data was fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import unquote, urlsplit
+
+import filelock
+import httpx
+
+from . import __version__
+from .cache import Cache
+from .errors import CacheError, IntegrityError, NetworkError, NotCachedError, UsageError, WhisperctlError
+from .hashing import CHUNK, sha256_file
+from .registry import ModelSpec
+from .transfer import TransferOptions, create_partial, fetch_url, is_disk_full
+
+__all__ = [
+    "MIRROR_ENV",
+    "OFFLINE_ENV",
+    "DownloadProgress",
+    "DownloadRecord",
+    "Mirror",
+    "download_models",
+    "env_offline",
+    "parse_mirrors",
+]
+
+MIRROR_ENV = "WHISPERCTL_MIRROR"
+OFFLINE_ENV = "WHISPERCTL_OFFLINE"
+
+DownloadStatus = Literal["downloaded", "cached", "failed"]
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    """What happened to one model."""
+
+    name: str
+    path: Path
+    sha256: str | None  # the digest measured (equal to the registry's unless failed)
+    size_bytes: int | None
+    status: DownloadStatus
+    seconds: float
+    source: str | None  # the URL, mirror directory or "cache"
+    error: str | None = None
+    exit_code: int = 0
+    resumed_from: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+
+class DownloadProgress(Protocol):
+    """Progress of a whole run; ``output.py`` implements it with rich."""
+
+    def start(self, name: str, total: int | None, completed: int) -> None: ...
+
+    def advance(self, name: str, nbytes: int) -> None: ...
+
+    def note(self, name: str, message: str) -> None: ...
+
+    def finish(self, record: DownloadRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A base URL or a local directory laid out as ``<base>/<sha256>/<filename>``."""
+
+    location: str
+    directory: Path | None = None
+
+    def locate(self, spec: ModelSpec) -> str:
+        if self.directory is not None:
+            return str(self.directory / spec.sha256 / spec.filename)
+        return f"{self.location.rstrip('/')}/{spec.sha256}/{spec.filename}"
+
+
+def parse_mirrors(values: Sequence[str]) -> tuple[Mirror, ...]:
+    """Mirrors from ``--mirror`` values or ``$WHISPERCTL_MIRROR`` (each may hold a comma-separated list)."""
+    mirrors = []
+    for value in values:
+        for item in (v.strip() for v in value.split(",")):
+            if not item:
+                continue
+            scheme = urlsplit(item).scheme.lower()
+            if scheme in ("http", "https"):
+                mirrors.append(Mirror(item))
+            elif scheme == "file":
+                mirrors.append(Mirror(item, Path(unquote(urlsplit(item).path))))
+            elif scheme and len(scheme) > 1:  # "c:" is a Windows drive, not a scheme
+                raise UsageError(
+                    f"mirror {item!r}: unsupported scheme {scheme!r}; use http(s)://, file:// or a path"
+                )
+            else:
+                path = Path(item).expanduser()
+                if not path.is_dir():
+                    raise UsageError(
+                        f"mirror {item!r}: not a directory; give an http(s) URL or the path of a mirror tree"
+                    )
+                mirrors.append(Mirror(item, path.absolute()))
+    return tuple(mirrors)
+
+
+def env_offline() -> bool:
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _NamedProgress:
+    """Binds a model name to the engine's per-transfer progress calls."""
+
+    def __init__(self, progress: DownloadProgress | None, name: str) -> None:
+        self.progress = progress
+        self.name = name
+
+    def start(self, total: int | None, completed: int) -> None:
+        if self.progress is not None:
+            self.progress.start(self.name, total, completed)
+
+    def advance(self, nbytes: int) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.name, nbytes)
+
+
+@dataclass
+class _Run:
+    cache: Cache
+    client: httpx.AsyncClient | None
+    mirrors: tuple[Mirror, ...]
+    offline: bool
+    force: bool
+    options: TransferOptions
+    progress: DownloadProgress | None
+    lock_poll: float = 0.25
+    owner: dict[str, object] = field(default_factory=dict)
+
+
+async def _hash_existing(run: _Run, spec: ModelSpec, path: Path) -> str | None:
+    """Hash a file found in place (e.g. left by openai-whisper) and stamp it; its digest, or None if gone."""
+    named = _NamedProgress(run.progress, spec.name)
+    try:
+        st = path.stat()
+        named.start(st.st_size, 0)
+        loop = asyncio.get_running_loop()
+
+        def advance(n: int) -> None:
+            loop.call_soon_threadsafe(named.advance, n)
+
+        digest = await asyncio.to_thread(sha256_file, path, on_bytes=advance)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CacheError(f"{path}: cannot read the cached file ({exc.strerror or exc})") from exc
+    if path.stat().st_mtime_ns == st.st_mtime_ns:
+        run.cache.write_stamp(spec, st, digest)
+    return digest
+
+
+@contextlib.asynccontextmanager
+async def _model_lock(run: _Run, spec: ModelSpec):  # type: ignore[no-untyped-def]
+    """A per-model cross-process lock; says who holds it while waiting."""
+    lock_path = run.cache.lock_path(spec)
+    owner_path = lock_path.with_suffix(".owner")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(lock_path), mode=0o666)
+    told = False
+    while True:
+        try:
+            lock.acquire(timeout=0)
+            break
+        except filelock.Timeout:
+            if not told and run.progress is not None:
+                try:
+                    holder = json.loads(owner_path.read_text("utf-8"))
+                    who = f"process {holder['pid']} on {holder['host']}"
+                except (OSError, ValueError, KeyError, TypeError):
+                    who = "another process"
+                run.progress.note(spec.name, f"waiting for {who}, which is downloading it")
+                told = True
+            await asyncio.sleep(run.lock_poll)
+    try:
+        with contextlib.suppress(OSError):
+            owner_path.write_text(
+                json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}), "utf-8"
+            )
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            owner_path.unlink()
+        lock.release()
+
+
+async def _copy_from_directory(
+    run: _Run, spec: ModelSpec, source: Path, part: Path, state: Path
+) -> tuple[str, int]:
+    """Copy a file from a local mirror tree into ``part``, hashing as it goes; returns (digest, size)."""
+    named = _NamedProgress(run.progress, spec.name)
+    loop = asyncio.get_running_loop()
+
+    def copy() -> tuple[str, int]:
+        import hashlib
+
+        try:
+            src = open(source, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            raise NetworkError(f"{source}: not in the mirror directory") from None
+        except OSError as exc:
+            raise NetworkError(f"{source}: cannot read the mirror ({exc.strerror or exc})") from exc
+        with src:
+            size = os.fstat(src.fileno()).st_size
+            if spec.size_bytes is not None and size != spec.size_bytes:
+                raise IntegrityError(
+                    f"{source}: {size:,} bytes, expected {spec.size_bytes:,}; the mirror holds another file"
+                )
+            fd = create_partial(part, state, size)
+            try:
+                loop.call_soon_threadsafe(named.start, size, 0)
+                h = hashlib.sha256()
+                buf = bytearray(CHUNK)
+                offset = 0
+                while n := src.readinto(buf):
+                    view = memoryview(buf)[:n]
+                    h.update(view)
+                    while view:
+                        written = os.pwrite(fd, view, offset)
+                        view, offset = view[written:], offset + written
+                    loop.call_soon_threadsafe(named.advance, n)
+                os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+                if is_disk_full(exc):
+                    raise CacheError(
+                        f"{part}: the disk is full ({exc.strerror}); the partial file was removed; "
+                        "free some space or use another --cache-dir"
+                    ) from exc
+                raise CacheError(f"{part}: write failed ({exc.strerror or exc})") from exc
+            finally:
+                os.close(fd)
+        return h.hexdigest(), offset
+
+    return await asyncio.to_thread(copy)
+
+
+def _finalize(run: _Run, spec: ModelSpec, digest: str) -> Path:
+    """Move a verified, fsynced partial file to its final name, then stamp it."""
+    cache = run.cache
+    part, final = cache.partial_path(spec), cache.path_for(spec)
+    try:
+        os.replace(part, final)
+        # The rename itself must survive a power loss, or the stamp could outlive the file it describes.
+        dir_fd = os.open(cache.root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        cache.write_stamp(spec, os.stat(final, follow_symlinks=False), digest)
+    except OSError as exc:
+        raise CacheError(
+            f"{final}: cannot move the verified file into place ({exc.strerror or exc})"
+        ) from exc
+    with contextlib.suppress(FileNotFoundError):
+        cache.partial_state_path(spec).unlink()
+    return final
+
+
+def _sources(run: _Run, spec: ModelSpec) -> list[tuple[str, Path | None]]:
+    found: list[tuple[str, Path | None]] = []
+    for mirror in run.mirrors:
+        found.append((mirror.locate(spec), Path(mirror.locate(spec)) if mirror.directory else None))
+    found.append((spec.url, None))
+    return found
+
+
+async def _fetch(run: _Run, spec: ModelSpec) -> tuple[str, str, int, int]:
+    """Try each source in turn: (source, digest, size, resumed_from) of the first that gives the file."""
+    cache = run.cache
+    part, state = cache.partial_path(spec), cache.partial_state_path(spec)
+    failures: list[tuple[str, WhisperctlError]] = []
+    for location, directory in _sources(run, spec):
+        try:
+            if directory is not None:
+                digest, size = await _copy_from_directory(run, spec, directory, part, state)
+                resumed = 0
+            else:
+                if run.client is None:  # pragma: no cover - offline runs never get here
+                    raise NetworkError("no HTTP client")
+                result = await fetch_url(
+                    run.client,
+                    location,
+                    part,
+                    state,
+                    expected_sha256=spec.sha256,
+                    expected_size=spec.size_bytes,
+                    options=run.options,
+                    progress=_NamedProgress(run.progress, spec.name),
+                )
+                os.close(result.fd)
+                digest, size, resumed = result.sha256, result.size, result.resumed_from
+            if digest != spec.sha256:
+                for path in (part, state):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                raise IntegrityError(
+                    f"{spec.filename}: SHA-256 mismatch from {location} (expected {spec.sha256}, "
+                    f"got {digest}); the partial file was removed; run `whisperctl download {spec.name}` "
+                    "again or check the mirror"
+                )
+            return location, digest, size, resumed
+        except (NetworkError, IntegrityError) as exc:
+            failures.append((location, exc))
+            if run.progress is not None and len(failures) < len(_sources(run, spec)):
+                run.progress.note(spec.name, f"{exc}; trying the next source")
+    if len(failures) == 1:
+        raise failures[0][1]
+    last = failures[-1][1]
+    detail = "; ".join(str(exc) for _, exc in failures)
+    error = type(last)(f"{spec.name}: every source failed: {detail}")
+    raise error
+
+
+async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
+    t0 = time.monotonic()
+    cache = run.cache
+    final = cache.path_for(spec)
+
+    def record(
+        status: DownloadStatus, source: str | None, digest: str | None, resumed: int = 0
+    ) -> DownloadRecord:
+        size = final.stat().st_size if final.exists() else None
+        return DownloadRecord(
+            spec.name,
+            final,
+            digest,
+            size,
+            status,
+            round(time.monotonic() - t0, 3),
+            source,
+            resumed_from=resumed,
+        )
+
+    async def cached() -> DownloadRecord | None:
+        entry = cache.entry(spec)
+        if entry.status == "verified":
+            return record("cached", "cache", spec.sha256)
+        if entry.status == "present" and await _hash_existing(run, spec, final) == spec.sha256:
+            return record("cached", "cache", spec.sha256)
+        return None
+
+    cache.ensure()
+    if not run.force and (done := await cached()) is not None:
+        return done
+    if run.offline:
+        raise NotCachedError(
+            f"{spec.name}: not in the cache ({final}) and offline mode is on; "
+            f"run `whisperctl download {spec.name}` with network access, or use a --mirror directory"
+            if not run.mirrors or any(m.directory is None for m in run.mirrors)
+            else f"{spec.name}: not in the cache ({final}) and offline mode is on"
+        )
+    async with _model_lock(run, spec):
+        # Another process may have finished it while this one waited for the lock.
+        if not run.force and (done := await cached()) is not None:
+            return done
+        source, digest, _size, resumed = await _fetch(run, spec)
+        _finalize(run, spec, digest)
+        return record("downloaded", source, digest, resumed)
+
+
+def _offline_mirrors_only(mirrors: tuple[Mirror, ...]) -> tuple[Mirror, ...]:
+    return tuple(m for m in mirrors if m.directory is not None)
+
+
+async def download_models(
+    specs: Sequence[ModelSpec],
+    cache: Cache,
+    *,
+    mirrors: tuple[Mirror, ...] = (),
+    offline: bool = False,
+    force: bool = False,
+    jobs: int = 4,
+    options: TransferOptions | None = None,
+    progress: DownloadProgress | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> list[DownloadRecord]:
+    """Download several models at once (``jobs`` at a time); one record per model, failures included.
+
+    Offline, only the cache and local mirror directories are used: a model found in neither fails with exit
+    code 5 without touching the network.
+    """
+    if jobs < 1:
+        raise UsageError(f"--jobs {jobs}: must be at least 1")
+    options = options or TransferOptions()
+    if options.connections < 1:
+        raise UsageError(f"--connections {options.connections}: must be at least 1")
+    own_client = client is None and not offline
+    if own_client:
+        per_host = max(1, jobs) * max(1, options.connections) + jobs
+        client = httpx.AsyncClient(
+            timeout=options.timeout(),
+            limits=httpx.Limits(max_connections=per_host, max_keepalive_connections=per_host),
+            headers={"User-Agent": f"whisperctl/{__version__}"},
+            trust_env=True,  # SSL_CERT_FILE, HTTPS_PROXY, NO_PROXY...; TLS verification stays on
+        )
+    run = _Run(
+        cache=cache,
+        client=client,
+        mirrors=_offline_mirrors_only(mirrors) if offline else mirrors,
+        offline=offline and not any(m.directory for m in mirrors),
+        force=force,
+        options=options,
+        progress=progress,
+    )
+    semaphore = asyncio.Semaphore(jobs)
+
+    async def one(spec: ModelSpec) -> DownloadRecord:
+        t0 = time.monotonic()
+        async with semaphore:
+            try:
+                rec = await _download_one(run, spec)
+            except WhisperctlError as exc:
+                rec = DownloadRecord(
+                    spec.name,
+                    cache.path_for(spec),
+                    None,
+                    None,
+                    "failed",
+                    round(time.monotonic() - t0, 3),
+                    None,
+                    error=str(exc),
+                    exit_code=exc.exit_code,
+                )
+        if progress is not None:
+            progress.finish(rec)
+        return rec
+
+    try:
+        return list(await asyncio.gather(*(one(spec) for spec in specs)))
+    finally:
+        if own_client and client is not None:
+            await client.aclose()

@@ -1,0 +1,78 @@
+"""Re-hashing cached files in full and recording the result in their stamps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .cache import Cache
+from .hashing import hash_files
+from .registry import ModelSpec
+
+__all__ = ["VerifyRecord", "VerifyStatus", "verify_models"]
+
+VerifyStatus = Literal["ok", "missing", "partial", "corrupt"]
+
+
+@dataclass(frozen=True)
+class VerifyRecord:
+    name: str
+    path: Path
+    status: VerifyStatus
+    sha256_expected: str
+    sha256_actual: str | None
+    size_bytes: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def verify_models(
+    specs: Sequence[ModelSpec],
+    cache: Cache,
+    *,
+    jobs: int = 4,
+    on_start: Callable[[ModelSpec, int], None] | None = None,
+    on_bytes: Callable[[ModelSpec, int], None] | None = None,
+) -> list[VerifyRecord]:
+    """Hash each model's file in full (several in parallel), update its stamp, and report.
+
+    A mismatch is recorded in the stamp (the model's status becomes ``corrupt``) and the file is left as
+    it is: deciding to replace it is the caller's (``verify --repair``).
+    """
+    records: dict[str, VerifyRecord] = {}
+    to_hash: dict[Path, tuple[ModelSpec, os.stat_result]] = {}
+    for spec in specs:
+        entry = cache.entry(spec)
+        if entry.status in ("missing", "partial"):
+            records[spec.name] = VerifyRecord(spec.name, entry.path, entry.status, spec.sha256, None)
+            continue
+        st = entry.path.stat()
+        to_hash[entry.path] = (spec, st)
+        if on_start is not None:
+            on_start(spec, st.st_size)
+    by_path = {path: spec for path, (spec, _) in to_hash.items()}
+    digests = hash_files(
+        list(to_hash),
+        jobs=jobs,
+        on_bytes=(lambda path, n: on_bytes(by_path[path], n)) if on_bytes else None,
+    )
+    for path, result in digests.items():
+        spec, st = to_hash[path]
+        if isinstance(result, OSError):
+            records[spec.name] = VerifyRecord(
+                spec.name, path, "corrupt", spec.sha256, None, st.st_size, error=f"{path}: {result.strerror}"
+            )
+            continue
+        # Stamp only if the file did not change while it was being read.
+        after = path.stat()
+        if (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
+            cache.write_stamp(spec, st, result)
+        status: VerifyStatus = "ok" if result == spec.sha256 else "corrupt"
+        records[spec.name] = VerifyRecord(spec.name, path, status, spec.sha256, result, st.st_size)
+    return [records[spec.name] for spec in specs]
