@@ -5,12 +5,13 @@ The library is quiet (it never prints) and typed; the ``whisperctl`` command is 
 
 from __future__ import annotations
 
-from .api import list_models, model_info, model_path
+from .api import download, list_models, model_info, model_path, verify
 from .cache import Cache, CacheEntry, Stamp, default_cache_dir, resolve_cache_dir
 from .dims import ModelDimensions, ParameterCounts, count_parameters
 from .errors import (
     CacheError,
     DeviceError,
+    DownloadError,
     IntegrityError,
     NetworkError,
     NotCachedError,
@@ -28,6 +29,7 @@ __all__ = [
     "CacheEntry",
     "CacheError",
     "DeviceError",
+    "DownloadError",
     "IntegrityError",
     "ModelDimensions",
     "ModelSpec",
@@ -43,9 +45,11 @@ __all__ = [
     "__version__",
     "count_parameters",
     "default_cache_dir",
+    "download",
     "list_models",
     "load_registry",
     "model_info",
     "model_path",
     "resolve_cache_dir",
+    "verify",
 ]

@@ -286,7 +286,8 @@ def _sources(run: _Run, spec: ModelSpec) -> list[tuple[str, Path | None]]:
     found: list[tuple[str, Path | None]] = []
     for mirror in run.mirrors:
         found.append((mirror.locate(spec), Path(mirror.locate(spec)) if mirror.directory else None))
-    found.append((spec.url, None))
+    if not run.offline:
+        found.append((spec.url, None))
     return found
 
 
@@ -368,18 +369,22 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
     cache.ensure()
     if not run.force and (done := await cached()) is not None:
         return done
-    if run.offline:
-        raise NotCachedError(
-            f"{spec.name}: not in the cache ({final}) and offline mode is on; "
-            f"run `whisperctl download {spec.name}` with network access, or use a --mirror directory"
-            if not run.mirrors or any(m.directory is None for m in run.mirrors)
-            else f"{spec.name}: not in the cache ({final}) and offline mode is on"
-        )
+    offline_hint = (
+        f"{spec.name}: not in the cache ({final}) and offline mode is on; run `whisperctl download "
+        f"{spec.name}` with network access, or give a --mirror directory that holds it"
+    )
+    if run.offline and not run.mirrors:
+        raise NotCachedError(offline_hint)
     async with _model_lock(run, spec):
         # Another process may have finished it while this one waited for the lock.
         if not run.force and (done := await cached()) is not None:
             return done
-        source, digest, _size, resumed = await _fetch(run, spec)
+        try:
+            source, digest, _size, resumed = await _fetch(run, spec)
+        except NetworkError as exc:
+            if run.offline:  # only directory mirrors were tried, and none holds it
+                raise NotCachedError(f"{offline_hint} ({exc})") from exc
+            raise
         _finalize(run, spec, digest)
         return record("downloaded", source, digest, resumed)
 
@@ -423,7 +428,7 @@ async def download_models(
         cache=cache,
         client=client,
         mirrors=_offline_mirrors_only(mirrors) if offline else mirrors,
-        offline=offline and not any(m.directory for m in mirrors),
+        offline=offline,
         force=force,
         options=options,
         progress=progress,

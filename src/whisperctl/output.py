@@ -170,12 +170,12 @@ class Output:
     def model_table(self, entries: Sequence[CacheEntry], *, cache_root: str) -> None:
         table = Table(title=None, caption=self._caption(entries, cache_root), caption_justify="left")
         table.add_column("name", style="bold", no_wrap=True)
-        table.add_column("aliases")
-        table.add_column("parameters", justify="right")
-        table.add_column("size", justify="right")
-        table.add_column("languages")
-        table.add_column("status")
-        table.add_column("path", overflow="fold")
+        table.add_column("aliases", no_wrap=True)
+        table.add_column("parameters", justify="right", no_wrap=True)
+        table.add_column("size", justify="right", no_wrap=True)
+        table.add_column("languages", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("path", overflow="fold", min_width=24)
         for e in entries:
             spec = e.spec
             params = spec.parameters
@@ -200,40 +200,36 @@ class Output:
 
     def model_details(self, entry: CacheEntry) -> None:
         spec = entry.spec
-        grid = Table.grid(padding=(0, 2))
-        grid.add_column(style="bold")
-        grid.add_column(overflow="fold")
         params = spec.parameters
-        grid.add_row("name", spec.name + (f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""))
-        grid.add_row("source", spec.source + (f" ({spec.registry_file})" if spec.registry_file else ""))
-        grid.add_row("languages", spec.languages)
+        rows: list[tuple[str, str | Text]] = [
+            ("name", spec.name + (f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else "")),
+            ("source", spec.source + (f" ({spec.registry_file})" if spec.registry_file else "")),
+            ("languages", spec.languages),
+        ]
         if params is not None:
-            grid.add_row(
-                "parameters",
-                f"{params.total:,} total = {params.encoder:,} encoder + {params.decoder:,} decoder",
-            )
+            total = f"{params.total:,} total = {params.encoder:,} encoder + {params.decoder:,} decoder"
+            rows.append(("parameters", total))
         else:
-            grid.add_row("parameters", "unknown until the checkpoint is read")
+            rows.append(("parameters", "unknown until the checkpoint is read"))
         if spec.dims is not None:
-            grid.add_row("dims", ", ".join(f"{k}={v}" for k, v in spec.dims.as_dict().items()))
-        grid.add_row("url", spec.url)
-        grid.add_row("sha256", spec.sha256)
-        size = human_bytes(spec.size_bytes)
-        grid.add_row(
-            "size", f"{spec.size_bytes:,} bytes ({size})" if spec.size_bytes else "unknown (not published)"
-        )
+            rows.append(("dims", ", ".join(f"{k}={v}" for k, v in spec.dims.as_dict().items())))
+        rows += [("url", spec.url), ("sha256", spec.sha256)]
+        size = f"{spec.size_bytes:,} bytes ({human_bytes(spec.size_bytes)})" if spec.size_bytes else None
+        rows.append(("size", size or "unknown (not published)"))
         heads = spec.alignment_heads
         if heads is None:
-            grid.add_row("alignment heads", "default (all heads of the last half of the decoder layers)")
+            rows.append(("alignment heads", "default (all heads of the last half of the decoder layers)"))
         else:
-            pairs = " ".join(f"({layer},{head})" for layer, head in heads)
-            grid.add_row("alignment heads", f"{len(heads)}: {pairs}")
+            rows.append(("alignment heads", f"{len(heads)}: " + " ".join(f"({a},{b})" for a, b in heads)))
         status = Text(entry.status, style=_STATUS_STYLE[entry.status])
         if entry.stamp is not None and entry.status in ("verified", "corrupt"):
-            status.append(f" (SHA-256 {entry.stamp.sha256[:16]}... measured)", style="dim")
-        grid.add_row("status", status)
-        grid.add_row("path", str(entry.path))
-        self.out.print(grid)
+            status.append(f" (SHA-256 {entry.stamp.sha256} measured)", style="dim")
+        rows += [("status", status), ("path", str(entry.path))]
+        # One line per field, never folded: digests and URLs must survive copy and paste.
+        for key, value in rows:
+            self.out.print(
+                Text(f"{key:<16} ", style="bold") + (value if isinstance(value, Text) else Text(value))
+            )
 
 
 def download_json(record: DownloadRecord) -> dict[str, Any]:
