@@ -42,8 +42,9 @@ check: install ## ruff + mypy (strict) on src/
 	$(BIN)/ruff format --check src tests bench demo
 	$(BIN)/mypy
 
-bench: install ## Run the benchmarks (figures go to bench/results/)
+bench: install ## Run the benchmarks (figures go to bench/results/; installs nginx, aria2 and curl with apt)
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/download.py
 
 clean: ## Remove the venv, caches and demo/bench outputs
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo bench/results build dist

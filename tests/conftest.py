@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .helpers import Cli
+from .httpserver import HTTPServer
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +36,10 @@ def cache_dir(tmp_path: Path) -> Path:
     d = tmp_path / "cache"
     d.mkdir()
     return d
+
+
+@pytest.fixture
+def server() -> Iterator[HTTPServer]:
+    """A real HTTP/1.1 server on 127.0.0.1 with fault switches (tests/httpserver.py), closed afterwards."""
+    with HTTPServer() as srv:
+        yield srv

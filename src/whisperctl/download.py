@@ -25,12 +25,11 @@ from urllib.parse import unquote, urlsplit
 import filelock
 import httpx
 
-from . import __version__
 from .cache import Cache
 from .errors import CacheError, IntegrityError, NetworkError, NotCachedError, UsageError, WhisperctlError
 from .hashing import CHUNK, sha256_file
 from .registry import ModelSpec
-from .transfer import TransferOptions, create_partial, fetch_url, is_disk_full
+from .transfer import TransferOptions, create_partial, fetch_url, is_disk_full, make_client
 
 __all__ = [
     "MIRROR_ENV",
@@ -417,13 +416,7 @@ async def download_models(
         raise UsageError(f"--connections {options.connections}: must be at least 1")
     own_client = client is None and not offline
     if own_client:
-        per_host = max(1, jobs) * max(1, options.connections) + jobs
-        client = httpx.AsyncClient(
-            timeout=options.timeout(),
-            limits=httpx.Limits(max_connections=per_host, max_keepalive_connections=per_host),
-            headers={"User-Agent": f"whisperctl/{__version__}"},
-            trust_env=True,  # SSL_CERT_FILE, HTTPS_PROXY, NO_PROXY...; TLS verification stays on
-        )
+        client = make_client(options, max_connections=jobs * options.connections + jobs)
     run = _Run(
         cache=cache,
         client=client,
