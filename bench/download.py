@@ -1,0 +1,951 @@
+"""Download benchmark: whisperctl against openai-whisper, curl and aria2c, all from a local nginx.
+
+    .venv/bin/python bench/download.py [--sizes small,medium,large-v3] [--quick] [--rate 20m]
+
+Files with the official byte sizes of the Whisper checkpoints are generated once in the work dir
+(``.bench/download/`` by default) in the mirror layout ``<root>/<sha256>/<name>.pt``, and served by nginx
+(installed from the distribution's packages if missing) on two ports of 127.0.0.1: one at full speed and one
+with ``limit_rate`` per connection, as a CDN that caps each connection would. Each tool fetches each file
+into a fresh empty directory and the clock stops when a *verified* file is on disk:
+
+- whisperctl (``whisperctl download``, 8 connections by default): verifies while streaming, fsyncs;
+- openai-whisper's ``_download``: one connection, then reads the whole file into memory to hash it;
+- ``curl`` alone (no verification), then ``curl`` + ``sha256sum``;
+- ``aria2c -x8 -s8 -k1M`` + ``sha256sum``.
+
+Each tool runs in its own process; its peak RSS comes from ``wait4``. The page cache is left alone (the
+source files are read once beforehand, so every tool is served from memory), but dirty data is flushed
+(``sync``) before every run and outputs are deleted between runs. Results go to bench/results/download.md
+(and .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import string
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+MiB = 1024 * 1024
+BLOCK = 16 * MiB
+
+# Byte sizes of the official checkpoints (openai-whisper 20250625).
+SIZES = {"small": 483_617_219, "medium": 1_528_008_539, "large-v3": 3_087_371_615}
+SETTINGS = ("uncapped", "capped")
+TOOLS = ("whisperctl", "openai-whisper", "curl", "aria2c")
+PACKAGES = {"nginx": "nginx-light", "aria2c": "aria2", "curl": "curl", "sha256sum": "coreutils"}
+
+# openai-whisper's own downloader, run in a child so that its memory is measured on its own. The import
+# (torch included) is timed apart from the download; tqdm's bar goes to /dev/null.
+WHISPER_CHILD = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+from whisper import _download
+t1 = time.perf_counter()
+err, sys.stderr = sys.stderr, open(os.devnull, "w")
+try:
+    path = _download(sys.argv[1], sys.argv[2], False)
+finally:
+    sys.stderr = err
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "download_s": t2 - t1, "path": path}))
+"""
+
+
+class BenchError(Exception):
+    """A run that did not give a verified file, or a setup step that failed."""
+
+
+# -- small helpers -------------------------------------------------------------------------------------------
+def parse_rate(value: str) -> int:
+    """An nginx ``limit_rate`` value (``20m``, ``512k``, ``1000000``) in bytes per second."""
+    match = re.fullmatch(r"(\d+)([kKmM]?)", value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a rate like 20m, 512k or 1000000 (bytes/s)")
+    scale = {"": 1, "k": 1024, "m": MiB}[match.group(2).lower()]
+    return int(match.group(1)) * scale
+
+
+def find_binary(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for every tool: no proxies (everything is on 127.0.0.1), no whisperctl settings."""
+    drop = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
+    env = {k: v for k, v in os.environ.items() if k.lower() not in drop and not k.startswith("WHISPERCTL_")}
+    env.update(NO_COLOR="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    return env
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: get SIGTERM if the benchmark dies, so that no server outlives it."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def ensure_packages() -> dict[str, str]:
+    """Paths of the external tools, installing the missing ones with apt-get."""
+    missing = [pkg for binary, pkg in PACKAGES.items() if find_binary(binary) is None]
+    if missing:
+        if os.geteuid() == 0:
+            prefix: list[str] = []
+        elif shutil.which("sudo"):
+            prefix = ["sudo", "-n"]
+        else:
+            raise BenchError(
+                f"missing {', '.join(missing)}: install them (apt-get install {' '.join(missing)})"
+            )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        print(f"installing {', '.join(missing)} with apt-get...", file=sys.stderr)
+        subprocess.run([*prefix, "apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run([*prefix, "apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    found = {binary: find_binary(binary) for binary in PACKAGES}
+    lost = [binary for binary, path in found.items() if path is None]
+    if lost:
+        raise BenchError(f"still missing after apt-get: {', '.join(lost)}")
+    return {binary: str(path) for binary, path in found.items()}
+
+
+# -- the test files ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TestFile:
+    name: str
+    size: int
+    sha256: str
+    path: Path  # <work>/mirror/<sha256>/<name>.pt
+
+    @property
+    def url_path(self) -> str:
+        return f"/{self.sha256}/{self.name}.pt"
+
+
+def _write_test_file(path: Path, name: str, size: int) -> str:
+    """Pseudo-random content (seeded by the name, so the digest is reproducible), 16 MiB at a time: one random
+    block, with the block counter written at every MiB so that no two blocks are alike."""
+    base = random.Random(f"whisperctl-bench-{name}").randbytes(BLOCK)
+    buf = bytearray(base)
+    h = hashlib.sha256()
+    with open(path, "wb", buffering=0) as f:
+        written, index = 0, 0
+        while written < size:
+            for off in range(0, BLOCK, MiB):
+                struct.pack_into("<QQ", buf, off, index, off)
+            n = min(BLOCK, size - written)
+            view = memoryview(buf)[:n]
+            h.update(view)
+            while view:
+                view = view[f.write(view) :]
+            written += n
+            index += 1
+    return h.hexdigest()
+
+
+def _hash(path: Path) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(BLOCK)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(memoryview(buf)[:n])
+    return h.hexdigest()
+
+
+def prepare_files(work: Path, names: Sequence[str]) -> dict[str, TestFile]:
+    """Generate (or reuse) one file per size; each is read once here, which also warms the page cache."""
+    mirror = work / "mirror"
+    mirror.mkdir(parents=True, exist_ok=True)
+    index_path = work / "files.json"
+    try:
+        index: dict[str, dict[str, Any]] = json.loads(index_path.read_text("utf-8"))
+    except (OSError, ValueError):
+        index = {}
+    files = {}
+    for name in names:
+        size, entry = SIZES[name], index.get(name, {})
+        path = mirror / str(entry.get("sha256", "-")) / f"{name}.pt"
+        reuse = entry.get("size") == size and path.is_file() and path.stat().st_size == size
+        t0 = time.perf_counter()
+        if reuse and _hash(path) == entry["sha256"]:
+            print(
+                f"{name}: reusing {path} ({size:,} bytes, digest checked in {time.perf_counter() - t0:.1f} s)"
+            )
+            files[name] = TestFile(name, size, entry["sha256"], path)
+            continue
+        if path.parent != mirror and path.parent.is_dir():
+            shutil.rmtree(path.parent)
+        tmp = mirror / f".{name}.tmp"
+        digest = _write_test_file(tmp, name, size)
+        final = mirror / digest / f"{name}.pt"
+        final.parent.mkdir(exist_ok=True)
+        os.replace(tmp, final)
+        for p in (final.parent, final):
+            p.chmod(0o755 if p.is_dir() else 0o644)  # nginx's workers may run as another user
+        index[name] = {"size": size, "sha256": digest}
+        index_path.write_text(json.dumps(index, indent=1) + "\n", "utf-8")
+        print(f"{name}: generated {final} ({size:,} bytes) in {time.perf_counter() - t0:.1f} s")
+        files[name] = TestFile(name, size, digest, final)
+    return files
+
+
+# -- nginx ---------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def nginx_servers(nginx: str, work: Path, root: Path, rate: int) -> Iterator[dict[str, str]]:
+    """nginx on two ports of 127.0.0.1 (``uncapped`` and ``capped``); their base URLs. Always stopped."""
+    prefix = work / "nginx"
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    ports = {"uncapped": _free_port(), "capped": _free_port()}
+    template = string.Template((HERE / "nginx.conf.template").read_text("utf-8"))
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        template.substitute(
+            # Run as root, nginx would switch its workers to nobody, who may not reach the work dir.
+            user_directive="user root;" if os.geteuid() == 0 else "",
+            workers=os.cpu_count() or 1,
+            prefix=prefix,
+            root=root,
+            port_uncapped=ports["uncapped"],
+            port_capped=ports["capped"],
+            rate=rate,
+        ),
+        "utf-8",
+    )
+    log = open(prefix / "nginx.out", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        for port in ports.values():
+            while True:
+                if proc.poll() is not None:
+                    raise BenchError(f"nginx exited with {proc.returncode}: {_tail(prefix / 'error.log')}")
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if time.monotonic() > deadline:
+                    raise BenchError(f"nginx did not listen on 127.0.0.1:{port} within 10 s")
+                time.sleep(0.05)
+        _NGINX[:] = [proc.pid]
+        yield {setting: f"http://127.0.0.1:{port}" for setting, port in ports.items()}
+    finally:
+        _NGINX.clear()
+        if proc.poll() is None:
+            proc.terminate()  # fast shutdown: the master stops its workers
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text("utf-8", "replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# -- running and measuring -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Proc:
+    seconds: float
+    rss: int  # peak resident set size, bytes
+    cpu: float  # user + system seconds
+    background: float  # CPU seconds used meanwhile by other processes than this one and nginx
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+_CURRENT: list[subprocess.Popen[bytes]] = []
+
+
+_NGINX: list[int] = []  # the master's pid while nginx runs
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_cpu() -> float:
+    """CPU seconds spent busy by the whole machine since boot (idle and iowait left out)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _HZ
+
+
+def _nginx_pids() -> list[int]:
+    return [*_NGINX, *_children(_NGINX[0])] if _NGINX else []
+
+
+def _pids_cpu(pids: Sequence[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _HZ
+
+
+def wait_for_idle(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (at most ``max_wait`` s) until the machine is nearly idle; the load seen last, in cores."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, t0 = _busy_cpu(), time.monotonic()
+        time.sleep(0.5)
+        load = (_busy_cpu() - b0) / (time.monotonic() - t0)
+        if load < threshold or time.monotonic() > deadline:
+            return load
+        time.sleep(1)
+
+
+def measure(cmd: Sequence[str], *, timeout: float, logs: Path, env: dict[str, str]) -> Proc:
+    """Run ``cmd``: its wall time, peak RSS (from ``wait4``) and CPU; it is killed at ``timeout``."""
+    stem = Path(cmd[0]).name
+    out, err = logs / f"{stem}.stdout", logs / f"{stem}.stderr"
+    killed = threading.Event()
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        nginx = _nginx_pids()
+        busy0, nginx0 = _busy_cpu(), _pids_cpu(nginx)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd), stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env, preexec_fn=_die_with_parent
+        )
+        _CURRENT.append(proc)
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - t0
+        finally:
+            timer.cancel()
+            _CURRENT.remove(proc)
+        busy1, nginx1 = _busy_cpu(), _pids_cpu(nginx)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = out.read_text("utf-8", "replace"), err.read_text("utf-8", "replace")
+    if killed.is_set():
+        raise BenchError(f"{cmd[0]} timed out after {timeout:.0f} s")
+    cpu = usage.ru_utime + usage.ru_stime
+    background = max(0.0, busy1 - busy0 - (nginx1 - nginx0) - cpu)
+    return Proc(seconds, usage.ru_maxrss * 1024, cpu, background, proc.returncode, stdout, stderr)
+
+
+def _kill_current() -> None:
+    for proc in list(_CURRENT):
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+
+@dataclass
+class Result:
+    size: str
+    setting: str
+    tool: str
+    seconds: float | None
+    rss_bytes: int | None
+    ok: bool
+    cpu_s: float | None = None  # user + system time of the tool's processes
+    error: str | None = None  # when some runs failed: the first failure
+    parts: dict[str, float] = field(default_factory=dict)  # component timings
+    source: str | None = None  # whisperctl only: fingerprint(s) of its source code when it ran
+
+
+@dataclass(frozen=True)
+class Context:
+    bins: dict[str, str]
+    work: Path
+    urls: dict[str, str]
+    rate: int
+    connections: int
+    env: dict[str, str]
+    idle_wait: float
+
+
+def _timeout(ctx: Context, size: int) -> float:
+    # Four times what one capped connection needs, plus a minute: only a hung tool gets near it.
+    return 60 + 4 * size / ctx.rate
+
+
+def _check(proc: Proc, what: str) -> None:
+    if proc.returncode != 0:
+        detail = (proc.stderr.strip() or proc.stdout.strip())[-2000:]
+        raise BenchError(f"{what} exited with {proc.returncode}: {detail}")
+
+
+def _sha256sum(ctx: Context, path: Path, f: TestFile, logs: Path) -> Proc:
+    proc = measure(["sha256sum", str(path)], timeout=_timeout(ctx, f.size), logs=logs, env=ctx.env)
+    _check(proc, "sha256sum")
+    digest = proc.stdout.split()[0] if proc.stdout.split() else ""
+    if digest != f.sha256:
+        raise BenchError(f"sha256sum of {path}: {digest}, expected {f.sha256}")
+    return proc
+
+
+def _sync(ctx: Context, path: Path, logs: Path) -> Proc:
+    proc = measure(["sync", str(path)], timeout=600, logs=logs, env=ctx.env)  # fsync, as whisperctl does
+    _check(proc, "sync")
+    return proc
+
+
+def _size_ok(path: Path, f: TestFile) -> None:
+    actual = path.stat().st_size if path.is_file() else None
+    if actual != f.size:
+        raise BenchError(f"{path}: {actual} bytes, expected {f.size}")
+
+
+def run_whisperctl(ctx: Context, f: TestFile, setting: str, dest: Path, logs: Path) -> list[Result]:
+    registry = ctx.work / f"registry-{setting}.toml"
+    name = f"bench-{f.name}"
+    cmd = [
+        str(BIN / "whisperctl"),
+        "--registry",
+        str(registry),
+        "--cache-dir",
+        str(dest),
+        "-q",
+        "download",
+        name,
+        "--connections",
+        str(ctx.connections),
+        "--json",
+    ]
+    source = source_fingerprint()  # other people may be editing the engine while this runs
+    proc = measure(cmd, timeout=_timeout(ctx, f.size), logs=logs, env=ctx.env)
+    _check(proc, "whisperctl")
+    try:
+        (record,) = json.loads(proc.stdout)
+    except ValueError as exc:
+        raise BenchError(f"whisperctl printed no JSON record: {proc.stdout[-500:]!r}") from exc
+    if record.get("status") != "downloaded" or record.get("sha256") != f.sha256:
+        raise BenchError(f"whisperctl record: {record}")
+    path = Path(record["path"])
+    _size_ok(path, f)
+    # Outside the clock: check the bytes on disk independently of whisperctl's own digest.
+    if _hash(path) != f.sha256:
+        raise BenchError(f"{path}: whisperctl said it was verified, but its SHA-256 is not {f.sha256}")
+    parts = {"engine_s": float(record.get("seconds") or 0.0), "bg_cpu_s": proc.background}
+    return [
+        Result(
+            f.name, setting, "whisperctl", proc.seconds, proc.rss, True, proc.cpu, parts=parts, source=source
+        )
+    ]
+
+
+def run_openai_whisper(ctx: Context, f: TestFile, setting: str, dest: Path, logs: Path) -> list[Result]:
+    url = ctx.urls[setting] + f.url_path
+    cmd = [sys.executable, "-c", WHISPER_CHILD, url, str(dest)]
+    proc = measure(cmd, timeout=_timeout(ctx, f.size) + 60, logs=logs, env=ctx.env)
+    _check(proc, "openai-whisper _download")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    _size_ok(Path(info["path"]), f)
+    parts = {"process_s": proc.seconds, "import_s": info["import_s"], "bg_cpu_s": proc.background}
+    # The headline is the time inside _download: importing whisper (and torch) is not counted against it.
+    return [
+        Result(f.name, setting, "openai-whisper", info["download_s"], proc.rss, True, proc.cpu, parts=parts)
+    ]
+
+
+def _then_check(
+    ctx: Context, f: TestFile, setting: str, tool: str, fetch: Proc, path: Path, logs: Path
+) -> list[Result]:
+    """Rows for a fetch alone, then + ``sha256sum``, then + ``sync FILE``: the same run, cumulated."""
+    _size_ok(path, f)
+    digest = _sha256sum(ctx, path, f, logs)
+    sync = _sync(ctx, path, logs)
+    steps = [(tool, fetch), (f"{tool}+sha256sum", digest), (f"{tool}+sha256sum+sync", sync)]
+    detail = {f"{tool}_s": fetch.seconds, "sha256sum_s": digest.seconds, "sync_s": sync.seconds}
+    rows, seconds, cpu, background, rss = [], 0.0, 0.0, 0.0, 0
+    for name, proc in steps:
+        seconds, cpu, background = seconds + proc.seconds, cpu + proc.cpu, background + proc.background
+        rss = max(rss, proc.rss)
+        parts = {**detail, "bg_cpu_s": background}
+        rows.append(Result(f.name, setting, name, seconds, rss, True, cpu, parts=parts))
+    return rows
+
+
+def run_curl(ctx: Context, f: TestFile, setting: str, dest: Path, logs: Path) -> list[Result]:
+    path = dest / f"{f.name}.pt"
+    url = ctx.urls[setting] + f.url_path
+    cmd = [ctx.bins["curl"], "-sS", "-o", str(path), url]
+    curl = measure(cmd, timeout=_timeout(ctx, f.size), logs=logs, env=ctx.env)
+    _check(curl, "curl")
+    return _then_check(ctx, f, setting, "curl", curl, path, logs)
+
+
+def run_aria2c(ctx: Context, f: TestFile, setting: str, dest: Path, logs: Path) -> list[Result]:
+    name = f"{f.name}.pt"
+    url = ctx.urls[setting] + f.url_path
+    cmd = [
+        ctx.bins["aria2c"],
+        "--no-conf",
+        "--summary-interval=0",
+        f"-x{ctx.connections}",
+        f"-s{ctx.connections}",
+        "-k1M",
+        "--file-allocation=falloc",
+        "-d",
+        str(dest),
+        "-o",
+        name,
+        url,
+    ]
+    aria = measure(cmd, timeout=_timeout(ctx, f.size), logs=logs, env=ctx.env)
+    _check(aria, "aria2c")
+    return _then_check(ctx, f, setting, "aria2c", aria, dest / name, logs)
+
+
+RUNNERS = {
+    "whisperctl": run_whisperctl,
+    "openai-whisper": run_openai_whisper,
+    "curl": run_curl,
+    "aria2c": run_aria2c,
+}
+
+
+def run_one(ctx: Context, tool: str, f: TestFile, setting: str, run: int) -> list[Result]:
+    dest = ctx.work / "runs" / f"{f.name}-{setting}-{tool}"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    logs = ctx.work / "logs" / dest.name / f"run{run}"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    os.sync()  # no writeback left over from the previous run (the page cache itself is kept)
+    load = wait_for_idle(ctx.idle_wait)
+    if load >= 0.3:
+        print(f"  (the machine is busy: {load:.1f} cores used by others; measuring anyway)", file=sys.stderr)
+    try:
+        return RUNNERS[tool](ctx, f, setting, dest, logs)
+    except BenchError as exc:
+        print(f"  FAILED {tool} {f.name} {setting}: {exc}", file=sys.stderr)
+        return [Result(f.name, setting, tool, None, None, False, error=str(exc))]
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def combine(tool: str, runs: list[list[Result]]) -> list[Result]:
+    """Repeated runs of one tool: per row, the median time and the highest peak RSS of the runs that gave a
+    verified file; a failed run is reported in every row of the tool (and fails its targets)."""
+    failures = [r for run in runs for r in run if not r.ok]
+    good_runs = [run for run in runs if all(r.ok for r in run)]
+    if not good_runs:
+        first = failures[0]
+        return [Result(first.size, first.setting, tool, None, None, False, error=first.error)]
+    combined = []
+    for i, first in enumerate(good_runs[0]):
+        rows = [run[i] for run in good_runs]
+        seconds = statistics.median(r.seconds or 0.0 for r in rows)
+        rss = max(r.rss_bytes or 0 for r in rows)
+        cpu = statistics.median(r.cpu_s or 0.0 for r in rows)
+        parts = {k: statistics.median(r.parts[k] for r in rows) for k in first.parts}
+        parts["runs"] = float(len(rows))
+        parts["failed_runs"] = float(len(failures))
+        error = f"{len(failures)} of {len(runs)} runs failed: {failures[0].error}" if failures else None
+        sources = sorted({r.source for r in rows if r.source})
+        source = ",".join(sources) or None
+        combined.append(
+            Result(
+                first.size, first.setting, first.tool, seconds, rss, not failures, cpu, error, parts, source
+            )
+        )
+    return combined
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+def _version(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "?"
+    text = (proc.stdout or proc.stderr).strip()
+    return text.splitlines()[0] if text else "?"
+
+
+def source_fingerprint() -> str:
+    """12 hex digits of SHA-256 over whisperctl's installed source files (an editable install: src/)."""
+    spec = importlib.util.find_spec("whisperctl")
+    if spec is None or spec.origin is None:
+        return "?"
+    package = Path(spec.origin).parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        with contextlib.suppress(OSError):
+            h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _git_head() -> str:
+    head = _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _version(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"])
+    return f"{head}{'+uncommitted src changes' if dirty not in ('', '?') else ''}"
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info(bins: dict[str, str], work: Path) -> dict[str, str]:
+    meminfo = Path("/proc/meminfo").read_text().split()
+    mem_kib = int(meminfo[meminfo.index("MemTotal:") + 1])
+    cpu = "?"
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.partition(":")[2].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    fs = _version(["findmnt", "-n", "-o", "FSTYPE", "--target", str(work)])
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "ram": f"{mem_kib / MiB:.1f} GiB",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "filesystem": fs,
+        "python": platform.python_version(),
+        "whisperctl": f"{_dist_version('whisperctl')} (git {_git_head()}, source {source_fingerprint()})",
+        "openai-whisper": _dist_version("openai-whisper"),
+        "httpx": _dist_version("httpx"),
+        "nginx": _version([bins["nginx"], "-v"]).rpartition("/")[2],
+        "curl": " ".join(_version([bins["curl"], "--version"]).split()[1:2]),
+        "aria2c": _version([bins["aria2c"], "--version"]).rpartition(" ")[2],
+        "sha256sum": _version([bins["sha256sum"], "--version"]).rpartition(" ")[2],
+    }
+
+
+def _find(results: list[Result], size: str, setting: str, tool: str) -> float | None:
+    for r in results:
+        if (r.size, r.setting, r.tool) == (size, setting, tool) and r.seconds is not None:
+            return r.seconds
+    return None
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def targets(results: list[Result], sizes: Sequence[str], settings: Sequence[str]) -> list[tuple[bool, str]]:
+    """The issue's targets, one (passed, line) each; a target whose figures are missing fails."""
+    lines = []
+    for size in sizes:
+        w = {s: _find(results, size, s, "whisperctl") for s in settings}
+        if "capped" in settings:
+            speedup = _ratio(_find(results, size, "capped", "openai-whisper"), w["capped"])
+            lines.append(
+                (
+                    speedup is not None and speedup >= 6,
+                    f"capped {size}: whisperctl {_fmt(speedup, '.1f', 'x')} faster than openai-whisper "
+                    "(target >= 6x)",
+                )
+            )
+            vs_aria = _ratio(_find(results, size, "capped", "aria2c+sha256sum"), w["capped"])
+            lines.append(
+                (
+                    vs_aria is not None and vs_aria >= 1,
+                    f"capped {size}: whisperctl {_fmt(vs_aria, '.2f', 'x')} the speed of aria2c+sha256sum "
+                    "(target >= 1.00x)",
+                )
+            )
+        if "uncapped" in settings:
+            slower = _ratio(w["uncapped"], _find(results, size, "uncapped", "curl"))
+            lines.append(
+                (
+                    slower is not None and slower <= 1.25,
+                    f"uncapped {size}: whisperctl takes {_fmt(slower, '.2f', 'x')} the time of curl alone "
+                    "(target <= 1.25x)",
+                )
+            )
+    rss = [r.rss_bytes for r in results if r.tool == "whisperctl" and r.rss_bytes is not None]
+    failed = [r for r in results if r.tool == "whisperctl" and not r.ok]
+    peak = max(rss) / MiB if rss else None
+    lines.append(
+        (
+            peak is not None and peak < 150 and not failed,
+            f"whisperctl peak RSS {_fmt(peak, '.0f', ' MiB')} over {len(rss)} runs"
+            + (f", {len(failed)} failed runs" if failed else "")
+            + " (target < 150 MiB)",
+        )
+    )
+    return lines
+
+
+def render(
+    results: list[Result], info: dict[str, str], args: argparse.Namespace, checks: list[tuple[bool, str]]
+) -> str:
+    rate = args.rate
+    lines = [
+        f"# Download benchmark ({time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
+        "",
+        f"Server: nginx on 127.0.0.1 with sendfile; *capped* = `limit_rate {args.rate_text}` per connection "
+        f"({rate / 1e6:.1f} MB/s), *uncapped* = no limit. Source files in the page cache; `sync` before "
+        f"each run; fresh empty destination per run; {args.repeat} run(s) per uncapped cell, "
+        f"{args.repeat_capped} per capped cell (median time, highest RSS). MB/s = 10^6 bytes/s.",
+        "",
+        "| size | setting | tool | seconds | MB/s | peak RSS MiB | CPU s | bg CPU s | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        mbs = SIZES[r.size] / 1e6 / r.seconds if r.seconds else None
+        rss = r.rss_bytes / MiB if r.rss_bytes is not None else None
+        note = _note(r)
+        lines.append(
+            f"| {r.size} | {r.setting} | {r.tool} | {_fmt(r.seconds, '.2f')} | {_fmt(mbs, '.0f')} | "
+            f"{_fmt(rss, '.0f')} | {_fmt(r.cpu_s, '.2f')} | {_fmt(r.parts.get('bg_cpu_s'), '.2f')} | {note} |"
+        )
+    lines += [
+        "",
+        "Ratios (>1 means whisperctl is faster, except the last column: whisperctl's time / curl's):",
+        "",
+        "| size | setting | vs openai-whisper | vs aria2c+sha256sum | vs curl+sha256sum | "
+        "vs curl+sha256sum+sync | whisperctl / curl alone |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for size in args.sizes:
+        for setting in args.settings:
+            w = _find(results, size, setting, "whisperctl")
+
+            def vs(tool: str, size: str = size, setting: str = setting, w: float | None = w) -> str:
+                return _fmt(_ratio(_find(results, size, setting, tool), w), ".2f", "x")
+
+            slower = _fmt(_ratio(w, _find(results, size, setting, "curl")), ".2f", "x")
+            lines.append(
+                f"| {size} | {setting} | {vs('openai-whisper')} | {vs('aria2c+sha256sum')} | "
+                f"{vs('curl+sha256sum')} | {vs('curl+sha256sum+sync')} | {slower} |"
+            )
+    lines += ["", "Targets:", ""]
+    lines += [f"- {'PASS' if ok else 'FAIL'} {text}" for ok, text in checks]
+    sources = sorted({s for r in results if r.source for s in r.source.split(",")})
+    if len(sources) > 1:
+        lines += [
+            "",
+            f"Warning: whisperctl's source changed during the benchmark ({', '.join(sources)}): its rows "
+            "were measured with different versions of the engine (see `source` in the JSON).",
+        ]
+    noisy = [r for r in results if r.seconds and r.parts.get("bg_cpu_s", 0.0) > r.seconds / 3]
+    if noisy:
+        cells = ", ".join(f"{r.size}/{r.setting}/{r.tool}" for r in noisy)
+        lines += ["", f"Warning: other processes used much CPU during {len(noisy)} row(s): {cells}."]
+    lines += [
+        "",
+        "Notes: whisperctl's time is the whole `whisperctl download` process (start-up, streaming with live "
+        "SHA-256, fsync, rename); openai-whisper's is the time inside `_download` (its `import whisper`, "
+        "torch included, is left out, in its favour); curl and aria2c write to the page cache without fsync, "
+        "the `+sync` rows add an fsync of the file (`sync FILE`) for an equal footing. "
+        f"aria2c: `aria2c -x{args.connections} -s{args.connections} -k1M --file-allocation=falloc`; "
+        f"whisperctl: `--connections {args.connections}`. CPU s = user + system time of the tool's own "
+        "processes (nginx's is not counted; openai-whisper's includes its import); bg CPU s = CPU time "
+        "used meanwhile by every other process on the machine (other than the tool and nginx): above "
+        "about a third of the run's seconds, another job competed for the two cores and the row is noisy.",
+    ]
+    return "\n".join(lines)
+
+
+def _note(r: Result) -> str:
+    p, note = r.parts, ""
+    if r.seconds is None:
+        pass
+    elif r.tool == "whisperctl":
+        note = f"engine {p['engine_s']:.2f} s, source {r.source}"
+    elif r.tool == "openai-whisper":
+        note = f"process {p['process_s']:.2f} s (import {p['import_s']:.2f} s)"
+    elif "sha256sum" in r.tool:
+        first = p.get("curl_s", p.get("aria2c_s", 0.0))
+        sync = f" + sync {p['sync_s']:.2f}" if r.tool.endswith("+sync") else ""
+        note = f"{first:.2f} + sha256sum {p['sha256sum_s']:.2f}{sync}"
+    if not r.ok:
+        error = (r.error or "").replace("|", "/").replace("\n", " ")[:300]
+        note = f"{note}; FAILED: {error}" if note else f"FAILED: {error}"
+    return note
+
+
+# -- main ----------------------------------------------------------------------------------------------------
+def _names(value: str, allowed: Sequence[str], what: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{what}: choose among {', '.join(allowed)} (got {value!r})")
+    return names
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", default="small,medium,large-v3", help="comma-separated (%(default)s)")
+    parser.add_argument("--quick", action="store_true", help="only `small`: a smoke run of a minute or two")
+    parser.add_argument("--rate", default="20m", help="nginx limit_rate per connection (%(default)s)")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated (%(default)s)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help="comma-separated (%(default)s)")
+    parser.add_argument("--connections", type=int, default=8, help="for whisperctl and aria2c (%(default)s)")
+    parser.add_argument(
+        "--repeat", type=int, help="runs per uncapped cell; the median is reported (3, or 1 with --quick)"
+    )
+    parser.add_argument("--repeat-capped", type=int, default=1, help="runs per capped cell (%(default)s)")
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        help="before each run, wait up to this many seconds for other processes to leave the CPUs idle "
+        "(30, or 5 with --quick)",
+    )
+    parser.add_argument("--work-dir", type=Path, default=ROOT / ".bench" / "download")
+    parser.add_argument(
+        "--output", default="download", help="results go to bench/results/OUTPUT.md and .json (%(default)s)"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.idle_wait is None:
+        args.idle_wait = 5.0 if args.quick else 30.0
+    try:
+        args.sizes = ["small"] if args.quick else _names(args.sizes, list(SIZES), "--sizes")
+        args.settings = _names(args.settings, SETTINGS, "--settings")
+        args.tools = _names(args.tools, TOOLS, "--tools")
+        args.rate_text, args.rate = args.rate, parse_rate(args.rate)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    if min(args.repeat, args.repeat_capped, args.connections) < 1:
+        parser.error("--repeat, --repeat-capped and --connections must be at least 1")
+    return args
+
+
+def write_registries(work: Path, files: dict[str, TestFile], urls: dict[str, str]) -> None:
+    for setting, base in urls.items():
+        text = "".join(
+            f'[models.bench-{f.name}]\nurl = "{base}{f.url_path}"\nsha256 = "{f.sha256}"\nsize = {f.size}\n\n'
+            for f in files.values()
+        )
+        (work / f"registry-{setting}.toml").write_text(text, "utf-8")
+
+
+def _estimate(args: argparse.Namespace) -> float:
+    """A rough upper bound of the measuring time, in seconds: single-connection capped runs dominate."""
+    total = 0.0
+    for size in args.sizes:
+        nbytes = SIZES[size]
+        capped_single = nbytes / args.rate
+        single = sum(t in args.tools for t in ("openai-whisper", "curl"))
+        multi = sum(t in args.tools for t in ("whisperctl", "aria2c"))
+        if "capped" in args.settings:
+            capped = single * capped_single + multi * capped_single / args.connections
+            total += capped * args.repeat_capped
+        if "uncapped" in args.settings:
+            total += (single + multi) * nbytes / 300e6 * args.repeat
+    return total
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    work: Path = args.work_dir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the finally blocks: nginx is stopped
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        bins = ensure_packages()
+        info = machine_info(bins, work)
+        print(f"work dir {work}; about {_estimate(args) / 60:.0f} min of transfers expected", file=sys.stderr)
+        files = prepare_files(work, args.sizes)
+        os.sync()  # the generated files are written back now, not during the first measurement
+        results: list[Result] = []
+        with nginx_servers(bins["nginx"], work, work / "mirror", args.rate) as urls:
+            write_registries(work, files, urls)
+            ctx = Context(bins, work, urls, args.rate, args.connections, clean_env(), args.idle_wait)
+            for size in args.sizes:
+                for setting in args.settings:
+                    for tool in args.tools:
+                        repeat = args.repeat_capped if setting == "capped" else args.repeat
+                        runs = [run_one(ctx, tool, files[size], setting, i + 1) for i in range(repeat)]
+                        rows = combine(tool, runs)
+                        for r in rows:
+                            status = "FAILED" if r.seconds is None else f"{r.seconds:.2f} s"
+                            status += "" if r.ok else f" ({r.error})"
+                            rss = f", {r.rss_bytes / MiB:.0f} MiB" if r.rss_bytes else ""
+                            print(f"  {size:9} {setting:9} {r.tool:22} {status}{rss}", file=sys.stderr)
+                        results += rows
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _kill_current()
+    checks = targets(results, args.sizes, args.settings)
+    text = render(results, info, args, checks)
+    print(text)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{args.output}.md").write_text(text + "\n", "utf-8")
+    payload = {
+        "machine": info,
+        "rate_bytes_per_s": args.rate,
+        "rate": args.rate_text,
+        "connections": args.connections,
+        "repeat": args.repeat,
+        "repeat_capped": args.repeat_capped,
+        "sizes": {s: SIZES[s] for s in args.sizes},
+        "sha256": {name: f.sha256 for name, f in files.items()},
+        "results": [asdict(r) for r in results],
+        "targets": [{"passed": ok, "text": text} for ok, text in checks],
+    }
+    (out / f"{args.output}.json").write_text(json.dumps(payload, indent=1) + "\n", "utf-8")
+    return 0 if all(ok for ok, _ in checks) and all(r.ok for r in results) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
