@@ -29,7 +29,7 @@ from .cache import Cache
 from .errors import CacheError, IntegrityError, NetworkError, NotCachedError, UsageError, WhisperctlError
 from .hashing import CHUNK, sha256_file
 from .registry import ModelSpec
-from .transfer import TransferOptions, create_partial, fetch_url, is_disk_full, make_client
+from .transfer import TransferOptions, create_partial, fetch_url, make_client, write_at
 
 __all__ = [
     "MIRROR_ENV",
@@ -238,19 +238,15 @@ async def _copy_from_directory(
                 while n := src.readinto(buf):
                     view = memoryview(buf)[:n]
                     h.update(view)
-                    while view:
-                        written = os.pwrite(fd, view, offset)
-                        view, offset = view[written:], offset + written
+                    write_at(fd, view, offset, part)
+                    offset += n
                     loop.call_soon_threadsafe(named.advance, n)
                 os.fsync(fd)
-            except OSError as exc:
+            except (OSError, CacheError) as exc:
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
-                if is_disk_full(exc):
-                    raise CacheError(
-                        f"{part}: the disk is full ({exc.strerror}); the partial file was removed; "
-                        "free some space or use another --cache-dir"
-                    ) from exc
+                if isinstance(exc, CacheError):
+                    raise
                 raise CacheError(f"{part}: write failed ({exc.strerror or exc})") from exc
             finally:
                 os.close(fd)

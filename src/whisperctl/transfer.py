@@ -50,6 +50,7 @@ __all__ = [
     "fetch_url",
     "is_disk_full",
     "make_client",
+    "write_at",
 ]
 
 MiB = 1024 * 1024
@@ -306,6 +307,25 @@ def create_partial(part: Path, state_path: Path, total: int | None) -> int:
             ) from exc
         raise CacheError(f"{part}: cannot allocate the partial file ({exc.strerror or exc})") from exc
     return fd
+
+
+def write_at(fd: int, data: bytes | memoryview, offset: int, part: Path) -> None:
+    """``pwrite`` all of ``data`` at ``offset``; a failure is a :class:`CacheError` (exit 6).
+
+    The caller removes the partial file on that error (a full disk should not stay full of it).
+    """
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise CacheError(
+                f"{part}: the disk is full ({exc.strerror}); the partial file was removed; "
+                "free some space or use another --cache-dir"
+            ) from exc
+        raise CacheError(f"{part}: write failed ({exc.strerror or exc})") from exc
 
 
 def is_disk_full(exc: OSError) -> bool:
@@ -767,19 +787,7 @@ class _Transfer:
         return int(end) + 1 if end.isdigit() else None
 
     def _write(self, chunk: bytes, offset: int) -> None:
-        view = memoryview(chunk)
-        try:
-            while view:
-                written = os.pwrite(self.fd, view, offset)
-                view = view[written:]
-                offset += written
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise CacheError(
-                    f"{self.part}: the disk is full ({exc.strerror}); the partial file was removed; "
-                    "free some space or use another --cache-dir"
-                ) from exc
-            raise CacheError(f"{self.part}: write failed ({exc.strerror or exc})") from exc
+        write_at(self.fd, chunk, offset, self.part)
 
     def _delay(self, failures: int, retry_after: float | None) -> float:
         if retry_after is not None:
