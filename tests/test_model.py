@@ -114,7 +114,9 @@ def test_kv_cache_decoding_matches_openai(pair: tuple[Any, Whisper, ModelDimensi
                     hook.remove()
             steps[name] = torch.cat(outputs, dim=1)
     torch.testing.assert_close(steps["ours"], steps["openai"], rtol=0, atol=1e-4)
-    torch.testing.assert_close(steps["ours"], full, rtol=0, atol=1e-4)
+    # Cached decoding against the full forward is a different computation (other matmul shapes, other
+    # summation order): logits near 260 then differ by a few fp32 ulps (~1e-4), so allow 1e-6 relative.
+    torch.testing.assert_close(steps["ours"], full, rtol=1e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
