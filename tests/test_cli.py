@@ -228,6 +228,15 @@ def test_cache_dir_is_a_file_exit_6(cli: Cli, tmp_path: Path) -> None:
     assert f"{bad}: the cache path is not a directory" in result.stderr
 
 
+def test_verbose_names_the_cache_and_registry(cli: Cli, cache_dir: Path) -> None:
+    result = cli("-v", "--cache-dir", str(cache_dir), "path", "tiny")
+    assert result.exit_code == 5
+    assert f"cache {cache_dir}; registry " in result.stderr
+    assert "models.toml (default)" in result.stderr
+    quiet = cli("--cache-dir", str(cache_dir), "path", "tiny")
+    assert "registry" not in quiet.stderr
+
+
 def test_quiet_still_prints_errors(cli: Cli) -> None:
     result = cli("-q", "info", "nope")
     assert result.exit_code == 2 and "unknown model" in result.stderr

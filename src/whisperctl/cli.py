@@ -5,6 +5,7 @@ Nothing here imports torch; commands that need it import it inside the library c
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -107,7 +108,14 @@ def _main(
 
     Shares its cache with openai-whisper: files downloaded by either are used by the other.
     """
-    ctx.obj = State(cache_dir=cache_dir, registry=registry, output=Output(quiet=quiet, verbose=verbose))
+    output = Output(quiet=quiet, verbose=verbose)
+    ctx.obj = State(cache_dir=cache_dir, registry=registry, output=output)
+    if verbose:
+        from .cache import resolve_cache_dir
+        from .registry import default_registry_path
+
+        reg = registry or os.environ.get(REGISTRY_ENV) or f"{default_registry_path()} (default)"
+        output.debug(f"whisperctl {__version__}; cache {resolve_cache_dir(cache_dir)}; registry {reg}")
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
