@@ -15,8 +15,10 @@ into a fresh empty directory and the clock stops when a *verified* file is on di
 
 Each tool runs in its own process; its peak RSS comes from ``wait4``. The page cache is left alone (the
 source files are read once beforehand, so every tool is served from memory), but dirty data is flushed
-(``sync``) before every run and outputs are deleted between runs. Results go to bench/results/download.md
-(and .json).
+(``sync``) before every run and outputs are deleted between runs. Uncapped cells are run 3 times (median);
+before each run the benchmark waits a little for the two cores to be idle, and it reports the CPU that other
+processes used meanwhile, and a fingerprint of whisperctl's source (others may edit the engine during a
+run). Results go to bench/results/download.md (and .json; ``--output`` renames them).
 """
 
 from __future__ import annotations
