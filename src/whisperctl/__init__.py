@@ -5,7 +5,17 @@ The library is quiet (it never prints) and typed; the ``whisperctl`` command is 
 
 from __future__ import annotations
 
-from .api import download, list_models, model_info, model_path, verify
+from .api import (
+    CheckpointInfo,
+    download,
+    inspect,
+    list_models,
+    load,
+    load_model,
+    model_info,
+    model_path,
+    verify,
+)
 from .cache import Cache, CacheEntry, Stamp, default_cache_dir, resolve_cache_dir
 from .dims import ModelDimensions, ParameterCounts, count_parameters
 from .errors import (
@@ -28,6 +38,7 @@ __all__ = [
     "Cache",
     "CacheEntry",
     "CacheError",
+    "CheckpointInfo",
     "DeviceError",
     "DownloadError",
     "IntegrityError",
@@ -46,7 +57,10 @@ __all__ = [
     "count_parameters",
     "default_cache_dir",
     "download",
+    "inspect",
     "list_models",
+    "load",
+    "load_model",
     "load_registry",
     "model_info",
     "model_path",

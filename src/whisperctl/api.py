@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .cache import Cache, CacheEntry, resolve_cache_dir
-from .errors import DownloadError, IntegrityError, NotCachedError
+from .errors import (
+    DownloadError,
+    IntegrityError,
+    NotCachedError,
+    TorchMissingError,
+    UsageError,
+)
 from .registry import ModelSpec, Registry, load_registry
 from .verify import VerifyRecord, verify_models
 
@@ -16,10 +24,24 @@ if TYPE_CHECKING:
     # httpx and the engine are imported when a download starts, so that `list` and `path` start fast.
     import httpx
 
+    from .checkpoint import Checkpoint
     from .download import DownloadProgress, DownloadRecord, Mirror
+    from .loader import Into, Loaded
     from .transfer import TransferOptions
 
-__all__ = ["download", "list_models", "model_info", "model_path", "open_context", "verify"]
+__all__ = [
+    "CheckpointInfo",
+    "download",
+    "inspect",
+    "list_models",
+    "load",
+    "load_model",
+    "model_info",
+    "model_path",
+    "open_context",
+    "resolve_target",
+    "verify",
+]
 
 PathLike = Path | str
 
@@ -151,3 +173,221 @@ def verify(
     else:
         specs = [e.spec for e in (cache.entry(s) for s in reg) if e.status != "missing"]
     return verify_models(specs, cache, jobs=jobs, on_start=on_start, on_bytes=on_bytes)
+
+
+def resolve_target(registry: Registry, name_or_path: PathLike) -> ModelSpec | Path:
+    """A registry name (or alias) first, as openai-whisper does, else an existing checkpoint file."""
+    text = os.fspath(name_or_path)
+    if isinstance(name_or_path, str) and name_or_path in registry:
+        return registry.get(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.exists():
+        raise UsageError(f"{text}: not a file; give a model name or the path of a checkpoint (.pt) file")
+    if isinstance(name_or_path, Path) or os.sep in text or "/" in text or text.endswith(".pt"):
+        raise UsageError(f"{text}: no such checkpoint file; check the path, or give a model name")
+    return registry.get(text)  # UnknownModelError, with suggestions
+
+
+@dataclass
+class CheckpointInfo:
+    """What ``whisperctl info`` knows of a model name or a checkpoint path (see :func:`inspect`)."""
+
+    path: Path
+    entry: CacheEntry | None  # for a registry name
+    checkpoint: Checkpoint | None  # None when the file is missing or unreadable
+    error: str | None = None  # why the checkpoint could not be read
+    problems: list[str] = field(default_factory=list)  # tensors vs dims, and file dims vs registry dims
+    sha256: str | None = None  # measured, with hash=True
+    matches: list[str] = field(default_factory=list)  # registry names with that digest
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.problems
+
+
+def inspect(
+    name_or_path: PathLike,
+    *,
+    cache_dir: PathLike | None = None,
+    registry: Registry | PathLike | None = None,
+    hash: bool = False,
+) -> CheckpointInfo:
+    """Read a checkpoint's dims and tensor list (its pickle only, no weights, no PyTorch) and check them.
+
+    For a name, the cached file is read when there is one, and its dims compared with the registry's. A
+    path that is not a readable checkpoint raises :class:`IntegrityError`; for a name the reason is
+    returned in ``error`` with the registry's facts.
+    """
+    from .checkpoint import check_tensors, read_checkpoint
+    from .hashing import sha256_file
+
+    reg, cache = open_context(cache_dir, registry)
+    target = resolve_target(reg, name_or_path)
+    entry = cache.entry(target) if isinstance(target, ModelSpec) else None
+    path = entry.path if entry is not None else Path(target)  # type: ignore[arg-type]
+    info = CheckpointInfo(path=path, entry=entry, checkpoint=None)
+    if entry is not None and not entry.exists:
+        return info
+    try:
+        ckpt = read_checkpoint(path)
+    except IntegrityError as exc:
+        if entry is None:
+            raise
+        info.error = str(exc)
+        return info
+    info.checkpoint = ckpt
+    info.problems = check_tensors(ckpt)
+    spec_dims = entry.spec.dims if entry is not None else None
+    if spec_dims is not None and spec_dims != ckpt.dims:
+        diff = [
+            f"{k}={v} (registry {spec_dims.as_dict()[k]})"
+            for k, v in ckpt.dims.as_dict().items()
+            if spec_dims.as_dict()[k] != v
+        ]
+        info.problems.append(f"dims differ from the registry's: {', '.join(diff)}")
+    if hash:
+        info.sha256 = sha256_file(path)
+        info.matches = [spec.name for spec in reg if spec.sha256 == info.sha256]
+    return info
+
+
+def _ensure_cached(
+    spec: ModelSpec,
+    cache: Cache,
+    reg: Registry,
+    *,
+    verify: bool,
+    offline: bool,
+    mirrors: Sequence[str] | None,
+    progress: DownloadProgress | None,
+    seconds: dict[str, float],
+) -> str:
+    """Make the model's file present and verified; say how it was checked."""
+    entry = cache.entry(spec)
+    if entry.status in ("missing", "partial"):
+        if offline:
+            raise NotCachedError(
+                f"{spec.name}: not in the cache ({entry.path}) and offline; "
+                f"run `whisperctl download {spec.name}` where there is a network"
+            )
+        start = time.perf_counter()
+        download(
+            [spec.name], cache_dir=cache.root, registry=reg, mirrors=mirrors, offline=False, progress=progress
+        )
+        seconds["download"] = time.perf_counter() - start
+        return "downloaded, SHA-256 verified"
+    if entry.status == "verified" and not verify:
+        return "SHA-256 verified (stamp)"
+    start = time.perf_counter()
+    (record,) = verify_models([spec], cache, jobs=1)
+    seconds["verify"] = time.perf_counter() - start
+    if not record.ok:
+        raise IntegrityError(
+            f"{spec.name}: {entry.path} does not match its digest (expected SHA-256 {spec.sha256}, "
+            f"got {record.sha256_actual}); run `whisperctl download --force {spec.name}`"
+        )
+    return "SHA-256 verified (hashed now)"
+
+
+def load(
+    name_or_path: PathLike,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+    in_memory: bool = False,
+    into: Into = "whisperctl",
+    verify: bool = False,
+    sha256: str | None = None,
+    cache_dir: PathLike | None = None,
+    registry: Registry | PathLike | None = None,
+    mirrors: Sequence[str] | None = None,
+    offline: bool | None = None,
+    progress: DownloadProgress | None = None,
+) -> Loaded:
+    """Load a model by name (downloaded first if needed, digest checked) or path; returns model and report.
+
+    A name's file is checked against its digest through its stamp when the stamp still matches the file,
+    by hashing it in full otherwise or with ``verify=True``. A path is loaded as it is unless ``sha256`` is
+    given. ``device``: ``None``/``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"``, ``"mps"``. ``dtype``: ``None``/``"fp32"`` (as openai-whisper), ``"fp16"`` (the
+    checkpoint's own), ``"bf16"``.
+    ``into="whisper"`` returns an openai-whisper ``Whisper`` (it must be installed).
+    """
+    try:
+        from . import loader
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] == "torch":
+            raise TorchMissingError("loading a model") from None
+        raise
+    from .download import env_offline
+    from .hashing import sha256_file
+
+    reg, cache = open_context(cache_dir, registry)
+    target = resolve_target(reg, name_or_path)
+    loader.resolve_device(device)  # fail before any download
+    loader.resolve_dtype(dtype)
+    seconds: dict[str, float] = {}
+    heads = None
+    source: loader.HeadsSource = "default"
+    if isinstance(target, ModelSpec):
+        integrity = _ensure_cached(
+            target,
+            cache,
+            reg,
+            verify=verify,
+            offline=env_offline() if offline is None else offline,
+            mirrors=mirrors,
+            progress=progress,
+            seconds=seconds,
+        )
+        path, name, spec = cache.path_for(target), target.name, target
+    else:
+        path, name, spec, integrity = target, None, None, "not checked"
+        if sha256 is not None:
+            expected = sha256.strip().lower()
+            if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+                raise UsageError(f"--sha256 {sha256!r}: not a SHA-256 digest (64 hex digits)")
+            start = time.perf_counter()
+            actual = sha256_file(path)
+            seconds["verify"] = time.perf_counter() - start
+            if actual != expected:
+                raise IntegrityError(f"{path}: SHA-256 {actual} does not match the expected {expected}")
+            integrity = "SHA-256 matches --sha256"
+            spec = next((s for s in reg if s.sha256 == expected), None)
+    if spec is not None and spec.alignment_heads:
+        heads, source = spec.alignment_heads, spec.source
+    return loader.load_checkpoint(
+        path,
+        device=device,
+        dtype=dtype,
+        in_memory=in_memory,
+        into=into,
+        alignment_heads=heads,
+        heads_source=source,
+        name=name,
+        integrity=integrity,
+        seconds=seconds,
+    )
+
+
+def load_model(
+    name: str,
+    device: Any = None,
+    download_root: str | None = None,
+    in_memory: bool = False,
+    *,
+    dtype: Any = None,
+    into: Into = "whisperctl",
+) -> Any:
+    """openai-whisper's ``load_model``, with its signature: the model, on ``device``, weights checked.
+
+    ``name`` is a model name or a checkpoint path; ``download_root`` the cache directory (default: the one
+    openai-whisper uses). Faster and leaner than openai-whisper's (no random initialisation, no full copy
+    of the file in memory). With ``into="whisper"`` the result is a ``whisper.model.Whisper``, so that
+    ``model.transcribe(...)`` works unchanged.
+    """
+    return load(
+        name, device=device, dtype=dtype, in_memory=in_memory, into=into, cache_dir=download_root
+    ).model

@@ -16,7 +16,16 @@ from typer.core import TyperGroup
 from . import __version__, api
 from .cache import CACHE_ENV
 from .errors import WhisperctlError
-from .output import Bars, Output, download_json, entry_info_json, entry_list_json, verify_json
+from .output import (
+    Bars,
+    Output,
+    checkpoint_json,
+    download_json,
+    entry_info_json,
+    entry_list_json,
+    load_json,
+    verify_json,
+)
 from .registry import REGISTRY_ENV
 
 __all__ = ["app", "main"]
@@ -140,15 +149,41 @@ def list_(
     st.output.model_table(entries, cache_root=str(root))
 
 
+TargetArg = Annotated[
+    str, typer.Argument(help="Model name or alias, or the path of a checkpoint file.", show_default=False)
+]
+
+
 @app.command()
-def info(ctx: typer.Context, name: NameArg, as_json: JsonOpt = False) -> None:
-    """Everything known about a model: dims, parameters, digest, size, alignment heads, cache status."""
+def info(
+    ctx: typer.Context,
+    target: TargetArg,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="For a path: hash the file and name the models with its digest.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Everything known about a model or a checkpoint file: dims, parameters, digest, tensors, status.
+
+    A cached or given checkpoint is read lazily (its pickle, not its weights) and checked against its dims
+    and the registry's; problems are flagged. For a path, exit 4 when it is unreadable or inconsistent.
+    """
     st = _state(ctx)
-    entry = api.model_info(name, cache_dir=st.cache_dir, registry=st.registry)
-    if as_json:
-        st.output.json(entry_info_json(entry))
+    found = api.inspect(target, cache_dir=st.cache_dir, registry=st.registry, hash=verify)
+    if found.entry is not None:
+        if as_json:
+            data = entry_info_json(found.entry)
+            data["checkpoint"] = checkpoint_json(found) if found.entry.exists else None
+            st.output.json(data)
+        else:
+            st.output.model_details(found.entry)
+            st.output.checkpoint_details(found)
+    elif as_json:
+        st.output.json(checkpoint_json(found))
     else:
-        st.output.model_details(entry)
+        st.output.checkpoint_details(found)
+    if found.entry is None and not found.ok:
+        raise typer.Exit(4)
 
 
 @app.command()
@@ -267,6 +302,72 @@ def verify(
     bad = [r for r in records if not r.ok]
     if bad:
         raise typer.Exit(5 if all(r.status in ("missing", "partial") for r in bad) else 4)
+
+
+@app.command()
+def load(
+    ctx: typer.Context,
+    target: TargetArg,
+    device: Annotated[
+        str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+    ] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype", help="fp32 (as openai-whisper), fp16 (the checkpoint's own, half the memory), bf16."
+        ),
+    ] = "fp32",
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Hash a named model's file in full even if its stamp is valid.")
+    ] = False,
+    sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--sha256", metavar="HEX", help="For a path: the digest the file must have.", show_default=False
+        ),
+    ] = None,
+    in_memory: Annotated[
+        bool, typer.Option("--in-memory", help="Read the file into memory instead of mapping it.")
+    ] = False,
+    mirror: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mirror",
+            help="Mirror URL or directory for a download [env: WHISPERCTL_MIRROR].",
+            show_default=False,
+        ),
+    ] = None,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Never download [env: WHISPERCTL_OFFLINE=1].")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Load a model (downloading it first if needed) onto a device, and report what it took.
+
+    Parameters per part, device and dtype, alignment heads, time of each phase, peak memory. Exit 4 for a
+    file that is not a valid checkpoint (or tries to run code), 7 for an unavailable device.
+    """
+    from .download import env_offline
+
+    st = _state(ctx)
+    with Bars(st.output) as bars:
+        loaded = api.load(
+            target,
+            device=device,
+            dtype=dtype,
+            in_memory=in_memory,
+            verify=verify,
+            sha256=sha256,
+            cache_dir=st.cache_dir,
+            registry=st.registry,
+            mirrors=mirror or None,
+            offline=offline or env_offline(),
+            progress=bars,
+        )
+    if as_json:
+        st.output.json(load_json(loaded.report))
+    elif not st.output.quiet:
+        st.output.load_report(loaded.report)
 
 
 def main() -> None:

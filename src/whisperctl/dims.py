@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["DIMS_FIELDS", "ModelDimensions", "ParameterCounts", "count_parameters"]
+__all__ = ["DIMS_FIELDS", "ModelDimensions", "ParameterCounts", "count_parameters", "state_dict_shapes"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,41 @@ def count_parameters(dims: ModelDimensions) -> ParameterCounts:
         + 2 * t  # ln
     )
     return ParameterCounts(encoder=encoder, decoder=decoder)
+
+
+def _block_shapes(prefix: str, n: int, *, cross: bool) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for attn in ("attn", "cross_attn") if cross else ("attn",):
+        for proj in ("query", "key", "value", "out"):
+            shapes[f"{prefix}{attn}.{proj}.weight"] = (n, n)
+            if proj != "key":  # the key projection has no bias
+                shapes[f"{prefix}{attn}.{proj}.bias"] = (n,)
+        shapes[f"{prefix}{attn}_ln.weight"] = shapes[f"{prefix}{attn}_ln.bias"] = (n,)
+    shapes[f"{prefix}mlp.0.weight"], shapes[f"{prefix}mlp.0.bias"] = (4 * n, n), (4 * n,)
+    shapes[f"{prefix}mlp.2.weight"], shapes[f"{prefix}mlp.2.bias"] = (n, 4 * n), (n,)
+    shapes[f"{prefix}mlp_ln.weight"] = shapes[f"{prefix}mlp_ln.bias"] = (n,)
+    return shapes
+
+
+def state_dict_shapes(dims: ModelDimensions) -> dict[str, tuple[int, ...]]:
+    """The keys and shapes of a checkpoint's ``model_state_dict`` for these dims (a strict load's contract).
+
+    Besides the parameters this holds the encoder's ``positional_embedding``, a persistent buffer.
+    """
+    a, t = dims.n_audio_state, dims.n_text_state
+    shapes: dict[str, tuple[int, ...]] = {
+        "encoder.positional_embedding": (dims.n_audio_ctx, a),
+        "encoder.conv1.weight": (a, dims.n_mels, 3),
+        "encoder.conv1.bias": (a,),
+        "encoder.conv2.weight": (a, a, 3),
+        "encoder.conv2.bias": (a,),
+    }
+    for i in range(dims.n_audio_layer):
+        shapes.update(_block_shapes(f"encoder.blocks.{i}.", a, cross=False))
+    shapes["encoder.ln_post.weight"] = shapes["encoder.ln_post.bias"] = (a,)
+    shapes["decoder.positional_embedding"] = (dims.n_text_ctx, t)
+    shapes["decoder.token_embedding.weight"] = (dims.n_vocab, t)
+    for i in range(dims.n_text_layer):
+        shapes.update(_block_shapes(f"decoder.blocks.{i}.", t, cross=True))
+    shapes["decoder.ln.weight"] = shapes["decoder.ln.bias"] = (t,)
+    return shapes

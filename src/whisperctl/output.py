@@ -26,19 +26,24 @@ from rich.table import Table
 from rich.text import Text
 
 from .cache import CacheEntry
+from .dims import count_parameters
 
 if TYPE_CHECKING:
+    from .api import CheckpointInfo
     from .download import DownloadRecord
+    from .loader import LoadReport
     from .verify import VerifyRecord
 
 __all__ = [
     "Bars",
     "Output",
+    "checkpoint_json",
     "download_json",
     "entry_info_json",
     "entry_list_json",
     "human_bytes",
     "human_count",
+    "load_json",
     "verify_json",
 ]
 
@@ -225,11 +230,126 @@ class Output:
         if entry.stamp is not None and entry.status in ("verified", "corrupt"):
             status.append(f" (SHA-256 {entry.stamp.sha256} measured)", style="dim")
         rows += [("status", status), ("path", str(entry.path))]
-        # One line per field, never folded: digests and URLs must survive copy and paste.
+        self._rows(rows)
+
+    def _rows(self, rows: Sequence[tuple[str, str | Text]]) -> None:
+        # One line per field, never folded: digests, paths and URLs must survive copy and paste.
         for key, value in rows:
             self.out.print(
                 Text(f"{key:<16} ", style="bold") + (value if isinstance(value, Text) else Text(value))
             )
+
+    def checkpoint_details(self, info: CheckpointInfo) -> None:
+        """The checkpoint file's own facts (after :meth:`model_details` for a name)."""
+        ckpt = info.checkpoint
+        rows: list[tuple[str, str | Text]] = []
+        if info.entry is None:
+            rows.append(("path", str(info.path)))
+        if info.error is not None:
+            rows.append(("checkpoint", Text(info.error, style="red")))
+        if ckpt is not None:
+            dtypes = ", ".join(f"{n} {dtype}" for dtype, n in ckpt.dtypes.items())
+            rows += [
+                ("file size", f"{ckpt.size_bytes:,} bytes ({human_bytes(ckpt.size_bytes)})"),
+                ("file dims", ", ".join(f"{k}={v}" for k, v in ckpt.dims.as_dict().items())),
+                (
+                    "tensors",
+                    f"{len(ckpt.tensors)} ({dtypes}), {ckpt.elements:,} values, "
+                    f"{human_bytes(ckpt.tensor_bytes)}",
+                ),
+            ]
+            if info.entry is None:
+                p = count_parameters(ckpt.dims)
+                rows.append(
+                    ("parameters", f"{p.total:,} total = {p.encoder:,} encoder + {p.decoder:,} decoder")
+                )
+        for problem in info.problems:
+            rows.append(("problem", Text(problem, style="red")))
+        if info.entry is None:
+            if info.sha256 is None:
+                rows.append(("sha256", "not checked (--verify hashes it)"))
+            else:
+                known = f" = {', '.join(info.matches)}" if info.matches else " (no registry model has it)"
+                rows.append(("sha256", info.sha256 + known))
+        self._rows(rows)
+
+    def load_report(self, report: LoadReport) -> None:
+        p = report.parameters
+        rows: list[tuple[str, str | Text]] = [
+            ("model", report.name or "(a checkpoint file)"),
+            ("path", str(report.path)),
+            ("integrity", report.integrity),
+            ("device", report.device),
+            (
+                "dtype",
+                report.dtype
+                + (f" (checkpoint {report.checkpoint_dtype})" if report.checkpoint_dtype else ""),
+            ),
+            ("parameters", f"{p.total:,} total = {p.encoder:,} encoder + {p.decoder:,} decoder"),
+        ]
+        for part in report.parts:
+            rows.append(
+                (
+                    f"  {part.name}",
+                    f"{part.parameters:,} parameters on {part.device}, {part.dtype}, "
+                    f"{human_bytes(part.bytes)} with buffers",
+                )
+            )
+        rows.append(("alignment heads", f"{report.alignment_heads} ({report.alignment_heads_source})"))
+        phases = ", ".join(f"{k} {v:.3f}" for k, v in report.seconds.items() if k != "total")
+        rows.append(("seconds", f"{report.seconds['total']:.3f} ({phases})"))
+        rows.append(("peak host RSS", human_bytes(report.peak_rss_bytes)))
+        if report.peak_gpu_bytes is not None:
+            rows.append(("peak GPU memory", human_bytes(report.peak_gpu_bytes)))
+        if report.mapped:
+            rows.append(("note", "weights are mapped from the file, copy-on-write (no copy was made)"))
+        self._rows(rows)
+
+
+def load_json(report: LoadReport) -> dict[str, Any]:
+    return {
+        "name": report.name,
+        "path": str(report.path),
+        "into": report.into,
+        "device": report.device,
+        "dtype": report.dtype,
+        "checkpoint_dtype": report.checkpoint_dtype,
+        "integrity": report.integrity,
+        "parameters": report.parameters.as_dict(),
+        "parts": [
+            {
+                "name": p.name,
+                "device": p.device,
+                "dtype": p.dtype,
+                "parameters": p.parameters,
+                "bytes": p.bytes,
+            }
+            for p in report.parts
+        ],
+        "alignment_heads": {"count": report.alignment_heads, "source": report.alignment_heads_source},
+        "seconds": report.seconds,
+        "peak_rss_bytes": report.peak_rss_bytes,
+        "peak_gpu_bytes": report.peak_gpu_bytes,
+        "mapped": report.mapped,
+    }
+
+
+def checkpoint_json(info: CheckpointInfo) -> dict[str, Any]:
+    ckpt = info.checkpoint
+    return {
+        "path": str(info.path),
+        "readable": ckpt is not None,
+        "error": info.error,
+        "size_bytes": ckpt.size_bytes if ckpt else None,
+        "dims": ckpt.dims.as_dict() if ckpt else None,
+        "parameters": count_parameters(ckpt.dims).as_dict() if ckpt else None,
+        "tensors": len(ckpt.tensors) if ckpt else None,
+        "dtypes": ckpt.dtypes if ckpt else None,
+        "tensor_bytes": ckpt.tensor_bytes if ckpt else None,
+        "problems": info.problems,
+        "sha256": info.sha256,
+        "matches": info.matches,
+    }
 
 
 def download_json(record: DownloadRecord) -> dict[str, Any]:

@@ -1,0 +1,467 @@
+"""Load a Whisper checkpoint into a model: checked first, weights-only, memory-mapped, built without init.
+
+The steps, each timed in the :class:`LoadReport`:
+
+``open``
+    :func:`whisperctl.checkpoint.read_checkpoint` reads the zip directory and the pickle (no weights) with
+    an unpickler that knows only tensors and plain data, and every disagreement between ``dims`` and the
+    tensors is reported in one message, before anything is allocated. Then ``torch.load(weights_only=True,
+    mmap=True)`` maps the file: the state dict's tensors are views of the page cache, read on first touch.
+``build``
+    The model is built with its parameters on ``meta`` (no memory, no random initialisation); for an
+    openai-whisper model (``into="whisper"``), with its own classes and its initialisers skipped.
+``attach``
+    ``load_state_dict(strict=True, assign=True)`` adopts the mapped tensors as they are.
+``move``
+    Tensor by tensor, each is converted to the target dtype and device, and the file pages it came from are
+    released from the process (``madvise(MADV_DONTNEED)`` on the private mapping), so the peak host memory
+    is the converted model plus one tensor, never the whole file plus the whole converted copy. With the
+    checkpoint's own dtype on the CPU (``fp16`` for official files) nothing is copied at all: the weights
+    stay mapped, copy-on-write, from the file. The buffers no checkpoint holds (causal mask, alignment
+    heads) are then computed on the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import mmap
+import pickle
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import Checkpoint, check_tensors, read_checkpoint
+from .dims import ParameterCounts
+from .errors import DeviceError, IntegrityError, UsageError
+
+__all__ = [
+    "DTYPES",
+    "HeadsSource",
+    "Into",
+    "LoadReport",
+    "Loaded",
+    "PartReport",
+    "available_devices",
+    "load_checkpoint",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+Into = Literal["whisperctl", "whisper"]
+HeadsSource = Literal["official", "registry", "default"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+}
+# The causal mask (n_text_ctx^2 float32) is computed, not read: a file must not make us allocate more for it
+# than the weights it holds, or this much, whichever is larger.
+MAX_COMPUTED_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class PartReport:
+    """Where one part of the model (``encoder`` or ``decoder``) ended up."""
+
+    name: str
+    device: str
+    dtype: str  # of the parameters; "float16+float32" when mixed
+    parameters: int
+    bytes: int  # parameters and buffers
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_checkpoint` did, and what it cost."""
+
+    name: str | None
+    path: Path
+    into: Into
+    device: str
+    dtype: str
+    parameters: ParameterCounts
+    parts: tuple[PartReport, ...]
+    alignment_heads: int
+    alignment_heads_source: HeadsSource
+    integrity: str
+    seconds: dict[str, float]
+    peak_rss_bytes: int
+    peak_gpu_bytes: int | None
+    checkpoint_dtype: str = ""
+    mapped: bool = False  # weights still mapped from the file (same dtype on the CPU, not in_memory)
+
+
+@dataclass
+class Loaded:
+    model: Any  # whisperctl.model.Whisper, or whisper.model.Whisper with into="whisper"
+    report: LoadReport
+
+
+def resolve_dtype(value: str | torch.dtype | None) -> torch.dtype:
+    """``None`` -> float32 (what openai-whisper returns); names ``fp32 fp16 bf16`` and their long forms."""
+    if value is None:
+        return torch.float32
+    if isinstance(value, torch.dtype):
+        if value in DTYPES.values():
+            return value
+        raise UsageError(f"dtype {value}: not supported; use fp32, fp16 or bf16")
+    try:
+        return DTYPES[value.lower()]
+    except KeyError:
+        raise UsageError(f"dtype {value!r}: not one of fp32, fp16, bf16") from None
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        devices.append("mps")
+    return devices
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(value: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA, else MPS, else CPU; an unavailable device raises :class:`DeviceError`."""
+    if value is None or value == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"device {value!r}: not one of auto, cpu, cuda, cuda:N, mps") from None
+    available = available_devices()
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {value}: CUDA is not available here (available: {', '.join(available)})"
+            )
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device {value}: no such GPU (available: {', '.join(available)})")
+        return torch.device("cuda", index)
+    if device.type == "mps":
+        if not _mps_available():
+            raise DeviceError(
+                f"device {value}: MPS is not available here (available: {', '.join(available)})"
+            )
+        return device
+    raise UsageError(f"device {value!r}: not one of auto, cpu, cuda, cuda:N, mps")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def validate(ckpt: Checkpoint) -> None:
+    """Refuse, in one message and before any allocation, a checkpoint that cannot load strictly."""
+    problems = check_tensors(ckpt)
+    if problems:
+        raise IntegrityError(
+            f"{ckpt.path}: refused: its tensors do not match its dims ({'; '.join(problems)}); "
+            "it is not a Whisper checkpoint of these dims, or it is damaged"
+        )
+    mask_bytes = ckpt.dims.n_text_ctx**2 * 4
+    if mask_bytes > max(MAX_COMPUTED_BYTES, ckpt.tensor_bytes):
+        raise IntegrityError(
+            f"{ckpt.path}: refused: n_text_ctx={ckpt.dims.n_text_ctx} needs a {mask_bytes:,}-byte "
+            f"causal mask, more than the {ckpt.tensor_bytes:,} bytes of weights; the dims are implausible"
+        )
+
+
+def _torch_load(path: Path, in_memory: bool) -> Any:
+    try:
+        if in_memory:
+            return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IntegrityError(
+            f"{path}: refused by PyTorch's weights-only loader ({first}); load only files you trust"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IntegrityError(f"{path}: PyTorch cannot read it ({first}); download it again") from None
+
+
+class _SkipInit(torch.overrides.TorchFunctionMode):  # type: ignore[misc]
+    """Turns ``torch.nn.init`` functions into no-ops for this thread, while openai-whisper builds its model.
+
+    Its ``__init__`` otherwise fills every weight with random numbers that the checkpoint then replaces
+    (85% of ``whisper.load_model``'s time for large-v3); the parameters stay uninitialised ``torch.empty``,
+    whose pages are never touched before ``load_state_dict(assign=True)`` drops them.
+    """
+
+    _INIT = frozenset(
+        getattr(torch.nn.init, n)
+        for n in (
+            "uniform_",
+            "normal_",
+            "trunc_normal_",
+            "constant_",
+            "ones_",
+            "zeros_",
+            "xavier_uniform_",
+            "xavier_normal_",
+            "kaiming_uniform_",
+            "kaiming_normal_",
+        )
+    )
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in self._INIT:
+            return args[0] if args else (kwargs or {})["tensor"]
+        return func(*args, **(kwargs or {}))
+
+
+def _build(ckpt: Checkpoint, into: Into) -> nn.Module:
+    if into == "whisper":
+        try:
+            import whisper.model as wm  # type: ignore[import-untyped]
+        except ImportError:
+            raise UsageError(
+                "into='whisper' needs openai-whisper, which is not installed: pip install openai-whisper"
+            ) from None
+        with _SkipInit():
+            return wm.Whisper(wm.ModelDimensions(**ckpt.dims.as_dict()))
+    from .model import Whisper
+
+    return Whisper(ckpt.dims, device="meta")
+
+
+class _Releaser:
+    """Drops already-converted file pages from this process: ``madvise(MADV_DONTNEED)`` on the mapping.
+
+    Only for ranges inside the private mapping of the checkpoint file itself (found in /proc/self/maps by
+    inode), where the kernel refills a dropped page from the file should anything read it again; never on
+    anonymous memory, where it would zero data. Elsewhere than Linux it does nothing.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        self._madvise: Any = None
+        if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        try:
+            st = path.stat()
+            with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+                for line in maps:
+                    parts = line.split()
+                    if len(parts) >= 6 and parts[4] == str(st.st_ino) and parts[1].endswith("p"):
+                        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                        self.ranges.append((lo, hi))
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            self._madvise = libc.madvise
+        except (OSError, AttributeError):
+            self.ranges = []
+
+    def __call__(self, tensor: Tensor) -> None:
+        if not self.ranges or tensor.device.type != "cpu":
+            return
+        storage = tensor.untyped_storage()
+        start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        page = mmap.PAGESIZE
+        lo, hi = -(-start // page) * page, end // page * page
+        if hi > lo and any(r_lo <= lo and hi <= r_hi for r_lo, r_hi in self.ranges):
+            self._madvise(lo, hi - lo, mmap.MADV_DONTNEED)
+
+
+def _convert(
+    model: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    release: Callable[[Tensor], None],
+    keep_fp32: Callable[[nn.Module], bool],
+) -> None:
+    """Every floating tensor to ``dtype`` on ``device``, one at a time, releasing each source as it goes."""
+    with torch.no_grad():
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for key, tensor in list(table.items()):
+                    if tensor is None:
+                        continue
+                    target = dtype
+                    if not tensor.is_floating_point() or (keep_fp32(module) and table is module._parameters):
+                        target = torch.float32 if tensor.is_floating_point() else tensor.dtype
+                    if tensor.device == device and tensor.dtype == target:
+                        continue
+                    if tensor.device != device and tensor.element_size() <= target.itemsize:
+                        # Move the smaller representation across (fp16 over PCIe), convert on the device.
+                        new = tensor.to(device).to(target)
+                    else:
+                        new = tensor.to(target).to(device)
+                    if isinstance(tensor, nn.Parameter):
+                        table[key] = nn.Parameter(new, requires_grad=tensor.requires_grad)
+                    else:
+                        table[key] = new
+                    release(tensor)
+                    del tensor, new
+
+
+def _part(name: str, module: nn.Module) -> PartReport:
+    params = list(module.parameters())
+    dtypes = sorted({_dtype_name(p.dtype) for p in params})
+    devices = sorted({str(t.device) for t in [*params, *module.buffers()]})
+    nbytes = sum(t.numel() * t.element_size() for t in [*params, *module.buffers()])
+    return PartReport(
+        name=name,
+        device="+".join(devices),
+        dtype="+".join(dtypes),
+        parameters=sum(p.numel() for p in params),
+        bytes=nbytes,
+    )
+
+
+def _peak_rss() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+@contextlib.contextmanager
+def _timer(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
+
+
+def _set_heads(model: nn.Module, into: Into, pairs: tuple[tuple[int, int], ...] | None) -> int:
+    if into == "whisperctl":
+        if pairs:
+            model.set_alignment_heads(pairs)
+        return len(model.alignment_heads_pairs())
+    dims = model.dims
+    mask = torch.zeros(dims.n_text_layer, dims.n_text_head, dtype=torch.bool)
+    if pairs:
+        for layer, head in pairs:
+            mask[layer, head] = True
+    else:
+        mask[dims.n_text_layer // 2 :] = True
+    device = model.alignment_heads.device
+    model.register_buffer("alignment_heads", mask.to_sparse().to(device), persistent=False)
+    return int(mask.sum())
+
+
+def load_checkpoint(
+    path: Path | str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    in_memory: bool = False,
+    into: Into = "whisperctl",
+    alignment_heads: tuple[tuple[int, int], ...] | None = None,
+    heads_source: HeadsSource = "default",
+    name: str | None = None,
+    integrity: str = "not checked",
+    seconds: dict[str, float] | None = None,
+) -> Loaded:
+    """Load a checkpoint file into a ready model on ``device``; see the module docstring for the steps.
+
+    ``alignment_heads`` are ``(layer, head)`` pairs (``None``: the default, all heads of the last half of the
+    decoder layers). Raises :class:`IntegrityError` (exit 4) for a file that is not a well-formed Whisper
+    checkpoint or that tries to run code, :class:`DeviceError` (exit 7) for an unavailable device.
+    """
+    path = Path(path)
+    seconds = dict(seconds or {})
+    target_dtype = resolve_dtype(dtype)
+    target = resolve_device(device)
+    if target.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(target)
+    started = time.perf_counter()
+    with _timer(seconds, "open"):
+        ckpt = read_checkpoint(path)
+        validate(ckpt)
+        if alignment_heads:
+            bad = [
+                p
+                for p in alignment_heads
+                if not (0 <= p[0] < ckpt.dims.n_text_layer and 0 <= p[1] < ckpt.dims.n_text_head)
+            ]
+            if bad:
+                raise IntegrityError(
+                    f"{path}: alignment heads {bad[:3]} lie outside its decoder "
+                    f"({ckpt.dims.n_text_layer} layers x {ckpt.dims.n_text_head} heads); "
+                    "fix the registry entry"
+                )
+        checkpoint = _torch_load(path, in_memory)
+        state_dict = checkpoint["model_state_dict"]
+        release: Callable[[Tensor], None] = (lambda _: None) if in_memory else _Releaser(path)
+    with _timer(seconds, "build"):
+        model = _build(ckpt, into)
+    with _timer(seconds, "attach"):
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        del checkpoint, state_dict
+    with _timer(seconds, "move"):
+        if into == "whisper":
+            import whisper.model as wm
+
+            def keep_fp32(m: nn.Module) -> bool:
+                # openai-whisper's LayerNorm runs in float32 with its own weights: they must stay float32.
+                return isinstance(m, wm.LayerNorm)
+        else:
+
+            def keep_fp32(m: nn.Module) -> bool:
+                return False
+
+        _convert(model, target, target_dtype, release, keep_fp32)
+        if into == "whisperctl":
+            model.materialize_buffers(target)
+        heads = _set_heads(model, into, alignment_heads)
+        if target.type == "cuda":
+            torch.cuda.synchronize(target)
+    seconds["total"] = (
+        seconds.get("verify", 0.0) + seconds.get("download", 0.0) + time.perf_counter() - started
+    )
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:  # a bug, not a bad file: say so plainly
+        raise RuntimeError(f"whisperctl left tensors on meta after loading {path}: {leftover[:3]}")
+    params = ParameterCounts(
+        encoder=sum(p.numel() for p in model.encoder.parameters()),
+        decoder=sum(p.numel() for p in model.decoder.parameters()),
+    )
+    mapped = not in_memory and target.type == "cpu" and target_dtype == _checkpoint_dtype(ckpt)
+    report = LoadReport(
+        name=name,
+        path=path,
+        into=into,
+        device=str(target),
+        dtype=_dtype_name(target_dtype),
+        parameters=params,
+        parts=(_part("encoder", model.encoder), _part("decoder", model.decoder)),
+        alignment_heads=heads,
+        alignment_heads_source=heads_source if alignment_heads else "default",
+        integrity=integrity,
+        seconds={k: round(v, 4) for k, v in seconds.items()},
+        peak_rss_bytes=_peak_rss(),
+        peak_gpu_bytes=torch.cuda.max_memory_allocated(target) if target.type == "cuda" else None,
+        checkpoint_dtype=ckpt.dtype,
+        mapped=mapped,
+    )
+    return Loaded(model=model, report=report)
+
+
+def _checkpoint_dtype(ckpt: Checkpoint) -> torch.dtype | None:
+    return DTYPES.get(ckpt.dtype)
