@@ -131,6 +131,8 @@ def main() -> None:
         run("verify")
         run("path", NAME)
         run("list", "--cached", "--json")
+        run("info", NAME)  # now with the checkpoint's own dims and tensors, read without loading it
+        run("load", NAME)  # auto device: CUDA, then MPS, then the CPU
     finally:
         server.shutdown()
     print("\ndemo: done. Try it yourself:")

@@ -258,7 +258,7 @@ class Output:
                     f"{human_bytes(ckpt.tensor_bytes)}",
                 ),
             ]
-            if info.entry is None:
+            if info.entry is None or info.entry.spec.dims is None:  # else the registry's are shown
                 p = count_parameters(ckpt.dims)
                 rows.append(
                     ("parameters", f"{p.total:,} total = {p.encoder:,} encoder + {p.decoder:,} decoder")
