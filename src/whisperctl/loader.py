@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import io
 import mmap
+import os
 import pickle
 import resource
 import sys
@@ -265,10 +266,16 @@ class _Releaser:
             return
         try:
             st = path.stat()
+            dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
             with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
                 for line in maps:
                     parts = line.split()
-                    if len(parts) >= 6 and parts[4] == str(st.st_ino) and parts[1].endswith("p"):
+                    if (
+                        len(parts) >= 6
+                        and parts[4] == str(st.st_ino)
+                        and parts[3] == dev
+                        and parts[1][3] == "p"
+                    ):
                         lo, hi = (int(x, 16) for x in parts[0].split("-"))
                         self.ranges.append((lo, hi))
             libc = ctypes.CDLL(None, use_errno=True)
