@@ -22,10 +22,13 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import CacheError
 from .registry import ModelSpec
+
+if TYPE_CHECKING:
+    import filelock  # imported when a lock is taken: `list` and `path` start without it
 
 __all__ = [
     "CACHE_ENV",
@@ -36,6 +39,7 @@ __all__ = [
     "Stamp",
     "Status",
     "default_cache_dir",
+    "new_file_mode",
     "resolve_cache_dir",
 ]
 
@@ -116,6 +120,22 @@ class Cache:
     def lock_path(self, spec: ModelSpec) -> Path:
         return self.state_dir / "locks" / f"{spec.filename}.lock"
 
+    def lock(self, spec: ModelSpec) -> filelock.BaseFileLock:
+        """The model's cross-process lock (not yet acquired); its file gets the umask's permissions."""
+        import filelock
+
+        path = self.lock_path(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return filelock.FileLock(str(path), mode=new_file_mode())
+
+    def lock_holder(self, spec: ModelSpec) -> str:
+        """Who holds the model's lock, as its holder recorded it ("another process" when unknown)."""
+        try:
+            holder = json.loads(self.lock_path(spec).with_suffix(".owner").read_text("utf-8"))
+            return f"process {holder['pid']} on {holder['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
     def check_readable(self) -> None:
         """Raise :class:`CacheError` when the cache path exists but cannot be used as a directory."""
         try:
@@ -188,6 +208,23 @@ class Cache:
         if stamp is not None and stamp.matches(st):
             status = "verified" if stamp.sha256 == spec.sha256 else "corrupt"
         return CacheEntry(spec, path, status, st.st_size, part if part.is_file() else None, stamp)
+
+
+def new_file_mode() -> int:
+    """0o666 minus the process's umask: the mode of every new file, so that a group-shared cache stays shared.
+
+    Read from ``/proc`` where possible: setting the umask to read it is not thread-safe.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

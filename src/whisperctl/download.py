@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import socket
 import time
 from collections.abc import Sequence
@@ -175,26 +176,36 @@ async def _hash_existing(run: _Run, spec: ModelSpec, path: Path) -> str | None:
 
 @contextlib.asynccontextmanager
 async def _model_lock(run: _Run, spec: ModelSpec):  # type: ignore[no-untyped-def]
-    """A per-model cross-process lock; says who holds it while waiting."""
-    lock_path = run.cache.lock_path(spec)
-    owner_path = lock_path.with_suffix(".owner")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(lock_path), mode=0o666)
+    """A per-model cross-process lock; says who holds it while waiting.
+
+    Where the lock cannot be taken at all (a filesystem without working locks, a lock file another user
+    made unwritable), the download goes on without it: the lock only saves bandwidth, the digest check and
+    the atomic rename keep the cache correct.
+    """
+    owner_path = run.cache.lock_path(spec).with_suffix(".owner")
     told = False
-    while True:
-        try:
-            lock.acquire(timeout=0)
-            break
-        except filelock.Timeout:
-            if not told and run.progress is not None:
-                try:
-                    holder = json.loads(owner_path.read_text("utf-8"))
-                    who = f"process {holder['pid']} on {holder['host']}"
-                except (OSError, ValueError, KeyError, TypeError):
-                    who = "another process"
-                run.progress.note(spec.name, f"waiting for {who}, which is downloading it")
-                told = True
-            await asyncio.sleep(run.lock_poll)
+    try:
+        lock = run.cache.lock(spec)
+        while True:
+            try:
+                lock.acquire(timeout=0)
+                break
+            except filelock.Timeout:
+                if not told and run.progress is not None:
+                    who = run.cache.lock_holder(spec)
+                    run.progress.note(spec.name, f"waiting for {who}, which is downloading it")
+                    told = True
+                await asyncio.sleep(run.lock_poll)
+    except (OSError, NotImplementedError) as exc:
+        if run.progress is not None:
+            reason = getattr(exc, "strerror", None) or exc
+            run.progress.note(
+                spec.name,
+                f"cannot lock {owner_path.with_suffix('.lock')} ({reason}); going on "
+                "without the lock, the digest check still decides",
+            )
+        yield
+        return
     try:
         with contextlib.suppress(OSError):
             owner_path.write_text(
@@ -209,12 +220,15 @@ async def _model_lock(run: _Run, spec: ModelSpec):  # type: ignore[no-untyped-de
 
 async def _copy_from_directory(
     run: _Run, spec: ModelSpec, source: Path, part: Path, state: Path
-) -> tuple[str, int]:
-    """Copy a file from a local mirror tree into ``part``, hashing as it goes; returns (digest, size)."""
+) -> tuple[str, int, int]:
+    """Copy a file from a local mirror tree into ``part``, hashing as it goes.
+
+    Returns (digest, size, descriptor of the partial file, left open for :func:`_finalize`).
+    """
     named = _NamedProgress(run.progress, spec.name)
     loop = asyncio.get_running_loop()
 
-    def copy() -> tuple[str, int]:
+    def copy() -> tuple[str, int, int]:
         import hashlib
 
         try:
@@ -243,31 +257,45 @@ async def _copy_from_directory(
                     loop.call_soon_threadsafe(named.advance, n)
                 os.fsync(fd)
             except (OSError, CacheError) as exc:
+                os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
                 if isinstance(exc, CacheError):
                     raise
                 raise CacheError(f"{part}: write failed ({exc.strerror or exc})") from exc
-            finally:
+            except BaseException:
                 os.close(fd)
-        return h.hexdigest(), offset
+                raise
+        return h.hexdigest(), offset, fd
 
     return await asyncio.to_thread(copy)
 
 
-def _finalize(run: _Run, spec: ModelSpec, digest: str) -> Path:
-    """Move a verified, fsynced partial file to its final name, then stamp it."""
+def _finalize(run: _Run, spec: ModelSpec, digest: str, fd: int) -> Path:
+    """Move the verified, fsynced file open as ``fd`` to its final name, then stamp it.
+
+    It moves through a private name, and only if ``<file>.part`` is still this descriptor's file: where locks
+    do not work (some network filesystems), another process may have replaced the partial file with its own
+    unfinished one. Then the verified bytes are copied from the descriptor instead, hashed again on the way.
+    """
     cache = run.cache
     part, final = cache.partial_path(spec), cache.path_for(spec)
+    private = cache.root / f".{spec.filename}.{secrets.token_hex(6)}.tmp"
     try:
-        os.replace(part, final)
+        try:
+            st = _move_if_same(part, private, os.fstat(fd)) or _copy_verified(fd, private, digest)
+            os.replace(private, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                private.unlink()
+            raise
         # The rename itself must survive a power loss, or the stamp could outlive the file it describes.
         dir_fd = os.open(cache.root, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        cache.write_stamp(spec, os.stat(final, follow_symlinks=False), digest)
+        cache.write_stamp(spec, st, digest)
     except OSError as exc:
         raise CacheError(
             f"{final}: cannot move the verified file into place ({exc.strerror or exc})"
@@ -275,6 +303,49 @@ def _finalize(run: _Run, spec: ModelSpec, digest: str) -> Path:
     with contextlib.suppress(FileNotFoundError):
         cache.partial_state_path(spec).unlink()
     return final
+
+
+def _move_if_same(part: Path, private: Path, mine: os.stat_result) -> os.stat_result | None:
+    """Rename ``part`` to ``private`` if it is the file ``mine`` describes: its stat, else None."""
+    try:
+        st = os.stat(part, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+            return None
+        os.rename(part, private)
+    except FileNotFoundError:
+        return None
+    st = os.stat(private, follow_symlinks=False)
+    if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+        return st
+    # Another process's partial file took the name between the check and the rename: give it back.
+    with contextlib.suppress(OSError):
+        os.link(private, part)
+    os.unlink(private)
+    return None
+
+
+def _copy_verified(fd: int, dest: Path, digest: str) -> os.stat_result:
+    """Copy the file open as ``fd`` to a new file ``dest``, fsynced; its stat, once its digest matched."""
+    import hashlib
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    out = os.open(dest, flags, 0o666)
+    try:
+        h = hashlib.sha256()
+        offset = 0
+        while chunk := os.pread(fd, CHUNK, offset):
+            h.update(chunk)
+            write_at(out, chunk, offset, dest)
+            offset += len(chunk)
+        os.fsync(out)
+        if h.hexdigest() != digest:
+            raise IntegrityError(
+                f"{dest}: the verified download changed on disk (SHA-256 {h.hexdigest()}, expected "
+                f"{digest}); check the cache filesystem and download again"
+            )
+        return os.fstat(out)
+    finally:
+        os.close(out)
 
 
 def _sources(run: _Run, spec: ModelSpec) -> list[tuple[str, Path | None]]:
@@ -286,15 +357,16 @@ def _sources(run: _Run, spec: ModelSpec) -> list[tuple[str, Path | None]]:
     return found
 
 
-async def _fetch(run: _Run, spec: ModelSpec) -> tuple[str, str, int, int]:
-    """Try each source in turn: (source, digest, size, resumed_from) of the first that gives the file."""
+async def _fetch(run: _Run, spec: ModelSpec) -> tuple[str, str, int, int, int]:
+    """Try each source in turn: (source, digest, size, resumed_from, open descriptor) of the first that gives
+    the file."""
     cache = run.cache
     part, state = cache.partial_path(spec), cache.partial_state_path(spec)
     failures: list[tuple[str, WhisperctlError]] = []
     for location, directory in _sources(run, spec):
         try:
             if directory is not None:
-                digest, size = await _copy_from_directory(run, spec, directory, part, state)
+                digest, size, fd = await _copy_from_directory(run, spec, directory, part, state)
                 resumed = 0
             else:
                 if run.client is None:  # pragma: no cover - offline runs never get here
@@ -309,9 +381,9 @@ async def _fetch(run: _Run, spec: ModelSpec) -> tuple[str, str, int, int]:
                     options=run.options,
                     progress=_NamedProgress(run.progress, spec.name),
                 )
-                os.close(result.fd)
-                digest, size, resumed = result.sha256, result.size, result.resumed_from
+                digest, size, resumed, fd = result.sha256, result.size, result.resumed_from, result.fd
             if digest != spec.sha256:
+                os.close(fd)
                 for path in (part, state):
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
@@ -320,7 +392,7 @@ async def _fetch(run: _Run, spec: ModelSpec) -> tuple[str, str, int, int]:
                     f"got {digest}); the partial file was removed; run `whisperctl download {spec.name}` "
                     "again or check the mirror"
                 )
-            return location, digest, size, resumed
+            return location, digest, size, resumed, fd
         except (NetworkError, IntegrityError) as exc:
             failures.append((location, exc))
             if run.progress is not None and len(failures) < len(_sources(run, spec)):
@@ -375,12 +447,15 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
         if not run.force and (done := await cached()) is not None:
             return done
         try:
-            source, digest, _size, resumed = await _fetch(run, spec)
+            source, digest, _size, resumed, fd = await _fetch(run, spec)
         except NetworkError as exc:
             if run.offline:  # only directory mirrors were tried, and none holds it
                 raise NotCachedError(f"{offline_hint} ({exc})") from exc
             raise
-        _finalize(run, spec, digest)
+        try:
+            await asyncio.to_thread(_finalize, run, spec, digest, fd)
+        finally:
+            os.close(fd)
         return record("downloaded", source, digest, resumed)
 
 
