@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from .helpers import sha256_hex
+from whisperctl import api
+from whisperctl.cache import Cache
+from whisperctl.fleet import parse_manifest, read_manifest
+from whisperctl.registry import ModelSpec, load_registry
+
+from .helpers import Cli, Result, sha256_hex
 from .httpserver import HTTPServer
 
 KiB = 1024
@@ -91,3 +100,384 @@ def test_shared_cache_without_working_locks_is_never_corrupted(tmp_path: Path, s
     assert len(server.requests_for(f"/files/{blob.filename}", "GET")) == 4  # no lock: four downloads
     assert file_sha256(cache / blob.filename) == blob.sha256
     assert sorted(os.listdir(cache)) == [".whisperctl", blob.filename]  # no partial, no private copy left
+
+
+# -- a lab: registry models made of random bytes, caches filled from a mirror tree ---------------------------
+class Lab:
+    def __init__(self, tmp_path: Path, *sizes: int) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp_path
+        self.blobs = make_blobs(*sizes)
+        self.registry = write_registry(tmp_path / "models.toml", self.blobs)
+        self.cache_dir = tmp_path / "cache"
+        self.cache = Cache(self.cache_dir)
+        self.source = tmp_path / "source-tree"  # an official-layout tree, as the CDN serves it
+        for b in self.blobs:
+            (self.source / b.sha256).mkdir(parents=True)
+            (self.source / b.sha256 / b.filename).write_bytes(b.data)
+
+    def cli(self, *args: str, cache: Path | None = None) -> Result:
+        return Cli()("--cache-dir", str(cache or self.cache_dir), "--registry", str(self.registry), *args)
+
+    def fill(self, *blobs: Blob, cache: Path | None = None) -> None:
+        api.download(
+            [b.name for b in blobs or self.blobs],
+            cache_dir=cache or self.cache_dir,
+            registry=self.registry,
+            mirrors=[str(self.source)],
+            offline=True,
+        )
+
+    def spec(self, blob: Blob) -> ModelSpec:
+        return load_registry(self.registry).get(blob.name)
+
+    def status(self, blob: Blob, cache: Path | None = None) -> str:
+        return Cache(cache or self.cache_dir).entry(self.spec(blob)).status
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Lab:
+    return Lab(tmp_path, 64 * KiB, 96 * KiB, 128 * KiB)
+
+
+# -- manifests and freeze ------------------------------------------------------------------------------------
+def test_manifest_syntax_comments_aliases_and_order(tmp_path: Path) -> None:
+    manifest = tmp_path / "models.txt"
+    text = "\ufeff# models for the fleet\r\n\nsmall   # the default\n  large\n\nlarge-v3\ntiny.en#no space\n"
+    manifest.write_text(text, "utf-8")  # a BOM and CRLF, as a Windows editor may save it
+    specs = read_manifest(manifest)
+    assert [s.name for s in specs] == ["small", "large-v3", "tiny.en"]  # `large` is `large-v3`: once
+
+
+def test_manifest_with_bad_lines_fails_before_any_download_and_names_every_line(
+    lab: Lab, server: HTTPServer
+) -> None:
+    for b in lab.blobs:
+        server.add(f"/files/{b.filename}", b.data)
+    write_registry(lab.registry, lab.blobs, server.url("/files"))
+    manifest = lab.tmp / "models.txt"
+    manifest.write_text("# fleet\nm0\n\nm1  # ok\ntinyy\nm2 m3\n", "utf-8")
+    result = lab.cli("download", "-r", str(manifest))
+    assert result.exit_code == 2
+    assert f"{manifest}: line 5: unknown model 'tinyy' (did you mean 'tiny'" in result.stderr
+    assert "line 6: 'm2 m3' is not one model name" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1  # one line: what, where, and the fix
+    assert server.requests == []  # nothing started
+    assert not lab.cache_dir.exists() or not any(lab.cache_dir.glob("*.pt*"))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(None, "cannot read the manifest"), (b"# nothing\n\n", "names no model"), (b"\xff\xfe", "not UTF-8")],
+)
+def test_unusable_manifest_exits_2(lab: Lab, content: bytes | None, expected: str) -> None:
+    manifest = lab.tmp / "models.txt"
+    if content is not None:
+        manifest.write_bytes(content)
+    for command in ("download", "cache-key", "export"):
+        args = [command, str(lab.tmp / "tree")] if command == "export" else [command]
+        result = lab.cli(*args, "-r", str(manifest))
+        assert result.exit_code == 2, (command, result.stderr)
+        assert str(manifest) in result.stderr and expected in result.stderr
+
+
+def test_download_from_a_manifest_then_freeze_round_trips(lab: Lab) -> None:
+    manifest = lab.tmp / "models.txt"
+    manifest.write_text("m0\nm2\n", "utf-8")
+    result = lab.cli("download", "-r", str(manifest), "--mirror", str(lab.source), "--offline", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert [r["name"] for r in json.loads(result.stdout)] == ["m0", "m2"]
+
+    frozen = lab.cli("freeze")
+    assert frozen.exit_code == 0, frozen.stderr
+    lines = [line for line in frozen.stdout.splitlines() if not line.startswith("#")]
+    b0, b2 = lab.blobs[0], lab.blobs[2]
+    assert lines == [
+        f"m0  # sha256:{b0.sha256} {len(b0.data)} bytes",
+        f"m2  # sha256:{b2.sha256} {len(b2.data)} bytes",
+    ]
+    assert [s.name for s in parse_manifest(frozen.stdout, load_registry(lab.registry))] == ["m0", "m2"]
+    as_json = json.loads(lab.cli("freeze", "--json").stdout)
+    assert [(m["name"], m["sha256"], m["size_bytes"]) for m in as_json] == [
+        ("m0", b0.sha256, len(b0.data)),
+        ("m2", b2.sha256, len(b2.data)),
+    ]
+    assert set(as_json[0]) == {"name", "filename", "sha256", "size_bytes", "path"}
+
+
+def test_freeze_hashes_unstamped_files_and_leaves_out_corrupt_ones(lab: Lab) -> None:
+    b0, b1, _ = lab.blobs
+    lab.cache_dir.mkdir()
+    (lab.cache_dir / b0.filename).write_bytes(b0.data)  # put there by another tool: never hashed
+    (lab.cache_dir / b1.filename).write_bytes(b"not the model")
+    result = lab.cli("freeze")
+    assert result.exit_code == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines() if not line.startswith("#")] == ["m0"]
+    assert "m1: left out, its file failed verification" in result.stderr
+    assert lab.status(b0) == "verified" and lab.status(b1) == "corrupt"
+
+
+# -- export --------------------------------------------------------------------------------------------------
+def read_sums(tree: Path) -> dict[str, str]:
+    return {
+        path: digest
+        for digest, path in (line.split("  ") for line in (tree / "SHA256SUMS").read_text().splitlines())
+    }
+
+
+def test_export_links_verified_files_into_the_official_layout_with_sha256sums(lab: Lab) -> None:
+    b0, b1, _b2 = lab.blobs
+    lab.fill()
+    tree = lab.tmp / "usb" / "whisper"
+    result = lab.cli("export", str(tree), "m0", "m1", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) == {"root", "sums", "bytes_copied", "models"}
+    assert [(m["name"], m["method"]) for m in report["models"]] == [("m0", "linked"), ("m1", "linked")]
+    for b in (b0, b1):
+        exported = tree / b.sha256 / b.filename
+        assert exported.stat().st_ino == (lab.cache_dir / b.filename).stat().st_ino  # a hard link, no copy
+        assert file_sha256(exported) == b.sha256
+    assert read_sums(tree) == {f"{b.sha256}/{b.filename}": b.sha256 for b in (b0, b1)}
+    if shutil.which("sha256sum"):
+        subprocess.run(["sha256sum", "--check", "--quiet", "SHA256SUMS"], cwd=tree, check=True)
+
+    # Filled model by model: earlier lines stay, files already there are verified and kept.
+    again = json.loads(lab.cli("export", str(tree), "m2", "m0", "--json").stdout)
+    assert [(m["name"], m["method"]) for m in again["models"]] == [("m2", "linked"), ("m0", "present")]
+    assert set(read_sums(tree)) == {f"{b.sha256}/{b.filename}" for b in lab.blobs}
+    assert sorted(p.name for p in tree.iterdir()) == sorted([*(b.sha256 for b in lab.blobs), "SHA256SUMS"])
+    assert not list(tree.rglob("*.tmp"))
+
+
+def test_export_all_cached_and_from_a_manifest(lab: Lab) -> None:
+    lab.fill(*lab.blobs[:2])
+    result = lab.cli("export", str(lab.tmp / "a"), "--all-cached")
+    assert result.exit_code == 0, result.stderr
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["m0", "m1"]
+    manifest = lab.tmp / "models.txt"
+    manifest.write_text("m1\n", "utf-8")
+    assert lab.cli("export", str(lab.tmp / "b"), "-r", str(manifest)).exit_code == 0
+    assert set(read_sums(lab.tmp / "b")) == {f"{lab.blobs[1].sha256}/m1.pt"}
+    empty = Lab(lab.tmp / "other", 1).cli("export", str(lab.tmp / "c"), "--all-cached")
+    assert empty.exit_code == 5 and "no model in the cache" in empty.stderr
+
+
+def test_export_copies_across_filesystems(lab: Lab) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == lab.tmp.stat().st_dev:
+        pytest.skip("needs /dev/shm on a filesystem other than the temporary directory's")
+    lab.fill()
+    tree = Path(tempfile.mkdtemp(dir=shm, prefix="whisperctl-export-"))
+    try:
+        report = json.loads(lab.cli("export", str(tree), "--all-cached", "--json").stdout)
+        assert {m["method"] for m in report["models"]} == {"copied"}
+        assert report["bytes_copied"] == sum(len(b.data) for b in lab.blobs)
+        for b in lab.blobs:
+            assert file_sha256(tree / b.sha256 / b.filename) == b.sha256
+    finally:
+        shutil.rmtree(tree)
+
+
+def test_export_refuses_what_is_not_cached_or_corrupt_before_writing(lab: Lab) -> None:
+    b0, b1, _ = lab.blobs
+    lab.fill(b0)
+    tree = lab.tmp / "tree"
+    missing = lab.cli("export", str(tree), "m0", "m1")
+    assert missing.exit_code == 5 and "m1: not in the cache" in missing.stderr
+    assert not tree.exists()  # checked before anything was written
+    (lab.cache_dir / b1.filename).write_bytes(b"x" * len(b1.data))
+    api.verify(["m1"], cache_dir=lab.cache_dir, registry=lab.registry)  # stamps it corrupt
+    corrupt = lab.cli("export", str(tree), "m0", "m1")
+    assert corrupt.exit_code == 4 and "whisperctl verify --repair m1" in corrupt.stderr
+    assert not tree.exists()
+    unknown = lab.cli("export", str(tree), "nope")
+    assert unknown.exit_code == 2
+    usage = lab.cli("export", str(tree))
+    assert usage.exit_code == 2 and "--all-cached" in usage.stderr
+
+
+def test_export_verifies_each_file_and_never_publishes_a_changed_one(lab: Lab) -> None:
+    b0, b1, _ = lab.blobs
+    lab.fill(b0, b1)
+    cached = lab.cache_dir / b1.filename
+    with open(cached, "r+b") as f:  # changed in place after it was verified: its stamp no longer matches
+        f.seek(100)
+        f.write(b"\x00" * 8)
+    tree = lab.tmp / "tree"
+    result = lab.cli("export", str(tree), "m0", "m1")
+    assert result.exit_code == 4
+    assert f"m1: {cached} has SHA-256" in result.stderr and "was not exported" in result.stderr
+    assert not (tree / b1.sha256 / b1.filename).exists()
+    assert not list(tree.rglob("*.tmp"))
+    assert read_sums(tree) == {f"{b0.sha256}/{b0.filename}": b0.sha256}  # what did export is listed
+
+
+# -- rm, prune, du -------------------------------------------------------------------------------------------
+class LockHolder:
+    """Another process that holds a model's lock (and says so in its owner note), as a download does."""
+
+    def __init__(self, cache_dir: Path, filename: str) -> None:
+        lock = cache_dir / ".whisperctl" / "locks" / f"{filename}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        code = (
+            "import filelock, json, os, socket, sys\n"
+            "lock = filelock.FileLock(sys.argv[1]); lock.acquire()\n"
+            "open(sys.argv[1][:-5] + '.owner', 'w').write(json.dumps({'pid': os.getpid(), "
+            "'host': socket.gethostname()}))\n"
+            "print('held', flush=True); sys.stdin.read()\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "held"
+
+    def __enter__(self) -> LockHolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def tree_of(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_rm_removes_file_partial_sidecar_stamp_and_lock_and_reports_bytes(lab: Lab) -> None:
+    b0, b1, b2 = lab.blobs
+    lab.fill(b0, b2)
+    (lab.cache_dir / f"{b1.filename}.part").write_bytes(b"\0" * 5000)  # an unfinished download of m1
+    (lab.cache_dir / f"{b1.filename}.part.json").write_text("{}")
+    (lab.cache_dir / "notes.txt").write_text("mine")
+    before = tree_of(lab.cache_dir)
+    expected = sum((lab.cache_dir / p).stat().st_size for p in before if "m0.pt" in p or "m1.pt" in p)
+
+    result = lab.cli("rm", "m0", "m1", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["bytes_freed"] == expected
+    assert [(m["name"], m["status"]) for m in report["models"]] == [("m0", "removed"), ("m1", "removed")]
+    m0_files = {Path(f["path"]).name for f in report["models"][0]["files"]}
+    assert {"m0.pt", "m0.pt.json"} <= m0_files  # the file and its stamp (and its lock, if any)
+    assert tree_of(lab.cache_dir) == {p for p in before if "m0.pt" not in p and "m1.pt" not in p}
+    assert lab.status(b2) == "verified"
+
+    again = lab.cli("rm", "m0")
+    assert again.exit_code == 0 and again.stdout.startswith("m0: nothing in the cache")
+    assert json.loads(lab.cli("rm", "m0", "--json").stdout)["bytes_freed"] == 0
+
+
+def test_rm_checks_every_name_first_and_removes_unknown_files_only_by_name(lab: Lab) -> None:
+    lab.fill()
+    (lab.cache_dir / "retired.pt").write_bytes(b"r" * 1000)  # a model since dropped from the registry
+    (lab.cache_dir / "retired.pt.part").write_bytes(b"r" * 10)
+    before = tree_of(lab.cache_dir)
+    bad = lab.cli("rm", "m0", "nope")
+    assert bad.exit_code == 2 and "unknown model 'nope'" in bad.stderr
+    assert tree_of(lab.cache_dir) == before  # nothing removed
+    result = lab.cli("rm", "retired", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["bytes_freed"] == 1010
+    assert not (lab.cache_dir / "retired.pt").exists() and not (lab.cache_dir / "retired.pt.part").exists()
+
+
+def test_rm_refuses_a_model_another_process_is_downloading(lab: Lab) -> None:
+    lab.fill()
+    with LockHolder(lab.cache_dir, "m0.pt") as holder:
+        result = lab.cli("rm", "m0")
+        assert result.exit_code == 6
+        assert (
+            f"m0.pt: process {holder.proc.pid} on " in result.stderr and "is downloading it" in result.stderr
+        )
+        assert lab.status(lab.blobs[0]) == "verified"
+
+
+def test_prune_takes_only_stale_state_and_dry_run_says_the_same(lab: Lab) -> None:
+    b0, _b1, _b2 = lab.blobs
+    lab.fill(b0)
+    root, state = lab.cache_dir, lab.cache_dir / ".whisperctl"
+    # stale: a partial no process writes, a stamp whose file is gone, an unheld lock, an old temporary file
+    (root / "m1.pt.part").write_bytes(b"\0" * 3000)
+    (root / "m1.pt.part.json").write_text("{}")
+    (state / "stamps" / "gone.pt.json").write_text("{}")
+    (state / "locks").mkdir(exist_ok=True)
+    (state / "locks" / "old.pt.lock").write_bytes(b"")
+    (state / "locks" / "old.pt.owner").write_text('{"pid": 1, "host": "h"}')
+    old_tmp = state / "stamps" / ".m0.pt.json.0123456789ab.tmp"
+    old_tmp.write_text("{}")
+    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    # kept: a fresh temporary file, a partial being written, unknown files, the model itself
+    (state / "stamps" / ".m0.pt.json.ba9876543210.tmp").write_text("{}")
+    (root / "m2.pt.part").write_bytes(b"\0" * 2000)
+    for unknown in ("stray.bin", "other.pt.part", "notes/readme"):
+        (root / unknown).parent.mkdir(exist_ok=True)
+        (root / unknown).write_bytes(b"?")
+    stale = {
+        "m1.pt.part",
+        "m1.pt.part.json",
+        ".whisperctl/stamps/gone.pt.json",
+        ".whisperctl/locks/old.pt.lock",
+        ".whisperctl/locks/old.pt.owner",
+        ".whisperctl/stamps/.m0.pt.json.0123456789ab.tmp",
+        ".whisperctl/locks/m0.pt.lock",
+    }  # fmt: skip  (m0's lock: its download is over)
+    freed = sum((root / p).stat().st_size for p in stale)
+
+    with LockHolder(root, "m2.pt"):
+        before = tree_of(root)
+        dry = lab.cli("prune", "--dry-run", "--json")
+        assert dry.exit_code == 0, dry.stderr
+        assert tree_of(root) == before
+        result = lab.cli("prune", "--json")
+        assert result.exit_code == 0, result.stderr
+    dry_report, report = json.loads(dry.stdout), json.loads(result.stdout)
+    assert dry_report["dry_run"] and not report["dry_run"]
+    for r in (dry_report, report):
+        assert {str(Path(i["path"]).relative_to(root)) for i in r["removed"]} == stale
+        assert r["bytes_freed"] == freed
+        assert r["in_use"] == [str(root / "m2.pt.part")]
+        assert {str(Path(p).relative_to(root)) for p in r["unknown"]} == {
+            "notes",
+            "other.pt.part",
+            "stray.bin",
+        }
+    assert tree_of(root) == before - stale
+    assert lab.status(b0) == "verified"
+    # Its writer gone, m2's partial file is stale in turn, with its lock.
+    last = json.loads(lab.cli("prune", "--json").stdout)
+    assert {str(Path(i["path"]).relative_to(root)) for i in last["removed"]} == {
+        "m2.pt.part",
+        ".whisperctl/locks/m2.pt.lock",
+        ".whisperctl/locks/m2.pt.owner",
+    }
+
+
+def test_du_counts_models_partials_state_and_unknown_files(lab: Lab) -> None:
+    b0, b1, _ = lab.blobs
+    lab.fill(b0)
+    (lab.cache_dir / "m1.pt.part").write_bytes(b"\0" * len(b1.data))
+    (lab.cache_dir / "m1.pt.part.json").write_text("{}")
+    (lab.cache_dir / "stray.bin").write_bytes(b"x" * 10)
+    result = lab.cli("du", "--json")
+    assert result.exit_code == 0, result.stderr
+    usage = json.loads(result.stdout)
+    models = {m["name"]: m for m in usage["models"]}
+    assert set(models) == {"m0", "m1"}
+    assert (models["m0"]["status"], models["m0"]["file_bytes"], models["m0"]["partial_bytes"]) == (
+        "verified",
+        len(b0.data),
+        0,
+    )
+    assert (models["m1"]["status"], models["m1"]["partial_bytes"]) == ("partial", len(b1.data) + 2)
+    assert usage["unknown"] == [{"path": str(lab.cache_dir / "stray.bin"), "size_bytes": 10}]
+    on_disk = sum(p.stat().st_size for p in lab.cache_dir.rglob("*") if p.is_file())
+    assert usage["total_bytes"] == on_disk
+    table = lab.cli("du")
+    assert (
+        table.exit_code == 0
+        and "m1" in table.stdout
+        and "partial" in table.stdout
+        and "total" in table.stdout
+    )

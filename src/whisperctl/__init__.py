@@ -30,6 +30,7 @@ from .errors import (
     UsageError,
     WhisperctlError,
 )
+from .fleet import cache_key, disk_usage, export_mirror, freeze, prune, read_manifest, remove_models
 from .registry import ModelSpec, Registry, load_registry
 
 __version__ = "0.1.0"
@@ -54,9 +55,13 @@ __all__ = [
     "UsageError",
     "WhisperctlError",
     "__version__",
+    "cache_key",
     "count_parameters",
     "default_cache_dir",
+    "disk_usage",
     "download",
+    "export_mirror",
+    "freeze",
     "inspect",
     "list_models",
     "load",
@@ -64,6 +69,9 @@ __all__ = [
     "load_registry",
     "model_info",
     "model_path",
+    "prune",
+    "read_manifest",
+    "remove_models",
     "resolve_cache_dir",
     "verify",
 ]

@@ -128,10 +128,11 @@ class Cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         return filelock.FileLock(str(path), mode=new_file_mode())
 
-    def lock_holder(self, spec: ModelSpec) -> str:
-        """Who holds the model's lock, as its holder recorded it ("another process" when unknown)."""
+    def lock_holder(self, spec: ModelSpec | str) -> str:
+        """Who holds a model's lock (or a file name's), as the holder recorded it; else "another process"."""
+        filename = spec if isinstance(spec, str) else spec.filename
         try:
-            holder = json.loads(self.lock_path(spec).with_suffix(".owner").read_text("utf-8"))
+            holder = json.loads((self.state_dir / "locks" / f"{filename}.owner").read_text("utf-8"))
             return f"process {holder['pid']} on {holder['host']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"

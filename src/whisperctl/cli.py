@@ -194,6 +194,15 @@ def path(ctx: typer.Context, name: NameArg) -> None:
 
 
 NamesArg = Annotated[list[str] | None, typer.Argument(help="Model names or aliases.", show_default=False)]
+ManifestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--requirements",
+        "-r",
+        help="Manifest: model names one a line, # comments ('-' reads stdin); see `whisperctl freeze`.",
+        show_default=False,
+    ),
+]
 
 
 @app.command()
@@ -201,6 +210,7 @@ def download(
     ctx: typer.Context,
     names: NamesArg = None,
     all_: Annotated[bool, typer.Option("--all", help="Every model in the registry.")] = False,
+    requirements: ManifestOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if verified.")] = False,
     connections: Annotated[
         int, typer.Option("--connections", min=1, max=64, help="Parallel byte ranges per large file.")
@@ -237,8 +247,9 @@ def download(
     registry, _ = api.open_context(st.cache_dir, st.registry)
     if all_:
         names = [spec.name for spec in registry]
+    names = _with_manifest(names, requirements, registry)
     if not names:
-        raise typer.BadParameter("name at least one model, or use --all", param_hint="NAMES")
+        raise typer.BadParameter("name at least one model, or use --all or -r FILE", param_hint="NAMES")
     with Bars(st.output) as bars:
         records = api.download(
             names,
@@ -368,6 +379,136 @@ def load(
         st.output.json(load_json(loaded.report))
     elif not st.output.quiet:
         st.output.load_report(loaded.report)
+
+
+# -- fleets and CI: manifests, freeze, export, rm, prune, du, cache-key -------------------------------------
+def _with_manifest(names: list[str] | None, requirements: Path | None, registry: Any) -> list[str]:
+    """The names given, then those of the manifest (checked line by line before anything starts: exit 2)."""
+    from .fleet import read_manifest
+
+    found = list(names or [])
+    if requirements is not None:
+        found += [spec.name for spec in read_manifest(requirements, registry=registry)]
+    return found
+
+
+@app.command()
+def freeze(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Print the cached, verified models as a manifest for `download -r`, their digests as comments."""
+    from .fleet import format_manifest
+    from .fleet import freeze as freeze_cache
+    from .output import freeze_json
+
+    st = _state(ctx)
+    frozen = freeze_cache(cache_dir=st.cache_dir, registry=st.registry)
+    for name in frozen.corrupt:
+        st.output.error(
+            f"{name}: left out, its file failed verification; run `whisperctl verify --repair {name}`"
+        )
+    if as_json:
+        st.output.json(freeze_json(frozen))
+    else:
+        st.output.out.file.write(format_manifest(frozen.models))
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    dest: Annotated[Path, typer.Argument(help="Directory of the mirror tree (created if needed).")],
+    names: NamesArg = None,
+    all_cached: Annotated[bool, typer.Option("--all-cached", help="Every model in the cache.")] = False,
+    requirements: ManifestOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write cached models as a mirror tree DIR/<sha256>/<file> plus SHA256SUMS (hard links, else copies).
+
+    Any static web server serving DIR is a mirror for `--mirror URL`; DIR itself is one for `--mirror DIR`.
+    """
+    from .fleet import export_mirror
+    from .output import export_json, render_export
+
+    st = _state(ctx)
+    registry, _ = api.open_context(st.cache_dir, st.registry)
+    names = _with_manifest(names, requirements, registry)
+    if not names and not all_cached:
+        raise typer.BadParameter(
+            "name at least one model, or use --all-cached or -r FILE", param_hint="NAMES"
+        )
+    report = export_mirror(dest, names, all_cached=all_cached, cache_dir=st.cache_dir, registry=registry)
+    if as_json:
+        st.output.json(export_json(report))
+    else:
+        render_export(st.output, report)
+
+
+@app.command("rm")
+def rm(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(help="Model names, or names of files in the cache.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove models from the cache: file, partial download, stamp and lock. Reports the bytes freed."""
+    from .fleet import remove_models
+    from .output import remove_json, render_remove
+
+    st = _state(ctx)
+    records = remove_models(names, cache_dir=st.cache_dir, registry=st.registry)
+    if as_json:
+        st.output.json(remove_json(records))
+    else:
+        render_remove(st.output, records)
+
+
+@app.command()
+def prune(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Only report what would go.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove stale partial downloads, stamps of gone files, unheld locks; never models or unknown files."""
+    from .fleet import prune as prune_cache
+    from .output import prune_json, render_prune
+
+    st = _state(ctx)
+    report = prune_cache(dry_run=dry_run, cache_dir=st.cache_dir, registry=st.registry)
+    if as_json:
+        st.output.json(prune_json(report))
+    else:
+        render_prune(st.output, report)
+
+
+@app.command()
+def du(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Bytes used in the cache, per model (partial downloads included) and in all."""
+    from .fleet import disk_usage
+    from .output import du_json, render_du
+
+    st = _state(ctx)
+    usage = disk_usage(cache_dir=st.cache_dir, registry=st.registry)
+    if as_json:
+        st.output.json(du_json(usage))
+    else:
+        render_du(st.output, usage)
+
+
+@app.command("cache-key")
+def cache_key(
+    ctx: typer.Context, names: NamesArg = None, requirements: ManifestOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Print a short key that changes exactly when a model's digest changes: for CI caches and build args."""
+    from .fleet import cache_key as compute_key
+    from .output import cache_key_json
+
+    st = _state(ctx)
+    registry, _ = api.open_context(st.cache_dir, st.registry)
+    names = _with_manifest(names, requirements, registry)
+    if not names:
+        raise typer.BadParameter("name at least one model, or use -r FILE", param_hint="NAMES")
+    key = compute_key(names, registry=registry)
+    if as_json:
+        st.output.json(cache_key_json(key))
+    else:
+        st.output.line(key.key)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "DeviceError",
     "DownloadError",
     "IntegrityError",
+    "ManifestError",
     "NetworkError",
     "NotCachedError",
     "RegistryError",
@@ -52,6 +53,10 @@ class UnknownModelError(UsageError):
 
 class RegistryError(UsageError):
     """A malformed user registry file (exit 2)."""
+
+
+class ManifestError(UsageError):
+    """A manifest file (``download -r``) that cannot be read or names unknown models (exit 2)."""
 
 
 class NetworkError(WhisperctlError):

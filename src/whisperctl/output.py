@@ -31,19 +31,30 @@ from .dims import count_parameters
 if TYPE_CHECKING:
     from .api import CheckpointInfo
     from .download import DownloadRecord
+    from .fleet import CacheKey, DiskUsage, ExportReport, Freeze, PruneReport, RemoveRecord
     from .loader import LoadReport
     from .verify import VerifyRecord
 
 __all__ = [
     "Bars",
     "Output",
+    "cache_key_json",
     "checkpoint_json",
     "download_json",
+    "du_json",
     "entry_info_json",
     "entry_list_json",
+    "export_json",
+    "freeze_json",
     "human_bytes",
     "human_count",
     "load_json",
+    "prune_json",
+    "remove_json",
+    "render_du",
+    "render_export",
+    "render_prune",
+    "render_remove",
     "verify_json",
 ]
 
@@ -447,3 +458,142 @@ class Bars:
                 f"({human_bytes(int(rate))}/s{resumed}) from {record.source}"
             )
         self.progress.console.print(Text(line, style="green" if self.live else ""))
+
+
+# -- fleets and CI: freeze, export, rm, prune, du, cache-key ------------------------------------------------
+def freeze_json(freeze: Freeze) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": m.name,
+            "filename": m.filename,
+            "sha256": m.sha256,
+            "size_bytes": m.size_bytes,
+            "path": str(m.path),
+        }
+        for m in freeze.models
+    ]
+
+
+def export_json(report: ExportReport) -> dict[str, Any]:
+    return {
+        "root": str(report.root),
+        "sums": str(report.sums),
+        "bytes_copied": report.bytes_copied,
+        "models": [
+            {
+                "name": r.name,
+                "sha256": r.sha256,
+                "size_bytes": r.size_bytes,
+                "path": str(r.path),
+                "method": r.method,
+            }
+            for r in report.records
+        ],
+    }
+
+
+def remove_json(records: Sequence[RemoveRecord]) -> dict[str, Any]:
+    return {
+        "bytes_freed": sum(r.bytes_freed for r in records),
+        "models": [
+            {
+                "name": r.name,
+                "status": r.status,
+                "bytes_freed": r.bytes_freed,
+                "files": [{"path": str(f.path), "size_bytes": f.size_bytes} for f in r.files],
+            }
+            for r in records
+        ],
+    }
+
+
+def prune_json(report: PruneReport) -> dict[str, Any]:
+    return {
+        "dry_run": report.dry_run,
+        "bytes_freed": report.bytes_freed,
+        "removed": [
+            {"path": str(i.path), "kind": i.kind, "size_bytes": i.size_bytes, "reason": i.reason}
+            for i in report.items
+        ],
+        "in_use": [str(p) for p in report.in_use],
+        "unknown": [str(p) for p in report.unknown],
+    }
+
+
+def du_json(usage: DiskUsage) -> dict[str, Any]:
+    return {
+        "root": str(usage.root),
+        "total_bytes": usage.total_bytes,
+        "state_bytes": usage.state_bytes,
+        "models": [
+            {
+                "name": m.name,
+                "filename": m.filename,
+                "status": m.status,
+                "file_bytes": m.file_bytes,
+                "partial_bytes": m.partial_bytes,
+                "total_bytes": m.total_bytes,
+            }
+            for m in usage.models
+        ],
+        "unknown": [{"path": str(p), "size_bytes": n} for p, n in usage.unknown],
+    }
+
+
+def cache_key_json(key: CacheKey) -> dict[str, Any]:
+    return {
+        "key": key.key,
+        "layout": key.layout,
+        "models": [{"name": name, "sha256": digest} for name, digest in key.models],
+    }
+
+
+def render_export(output: Output, report: ExportReport) -> None:
+    for r in report.records:
+        output.line(f"{r.name}: {r.method} {r.path}")
+    n = len(report.records)
+    output.info(
+        f"wrote {report.sums} ({n} model{'' if n == 1 else 's'}); serve {report.root} with any static web "
+        f"server and use `--mirror URL`, or use `--mirror {report.root}` as it is"
+    )
+
+
+def render_remove(output: Output, records: Sequence[RemoveRecord]) -> None:
+    for r in records:
+        if r.files:
+            output.line(f"{r.name}: removed {len(r.files)} files, {human_bytes(r.bytes_freed)}")
+        else:
+            output.line(f"{r.name}: nothing in the cache")
+    output.info(f"freed {human_bytes(sum(r.bytes_freed for r in records))}")
+
+
+def render_prune(output: Output, report: PruneReport) -> None:
+    verb = "would remove" if report.dry_run else "removed"
+    for i in report.items:
+        output.line(f"{verb} {i.path} ({human_bytes(i.size_bytes)}): {i.reason}")
+    for path in report.in_use:
+        output.line(f"kept {path}: a process is downloading it")
+    for path in report.unknown:
+        output.line(
+            f"left alone {path}: not attributable to a model (`whisperctl rm NAME` removes it by name)"
+        )
+    freed = "would free" if report.dry_run else "freed"
+    output.info(f"{freed} {human_bytes(report.bytes_freed)} in {report.root}")
+
+
+def render_du(output: Output, usage: DiskUsage) -> None:
+    table = Table(caption=f"cache: {usage.root}", caption_justify="left")
+    table.add_column("name", style="bold", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    for column in ("file", "partial", "total"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for m in usage.models:
+        partial = human_bytes(m.partial_bytes) if m.partial_bytes else ""
+        status = Text(m.status, style=_STATUS_STYLE[m.status])
+        table.add_row(m.name, status, human_bytes(m.file_bytes), partial, human_bytes(m.total_bytes))
+    table.add_row(".whisperctl", "state", "", "", human_bytes(usage.state_bytes))
+    for path, size in usage.unknown:
+        table.add_row(path.name, Text("unknown", style="dim"), human_bytes(size), "", human_bytes(size))
+    table.add_section()
+    table.add_row("total", "", "", "", human_bytes(usage.total_bytes), style="bold")
+    output.out.print(table)
