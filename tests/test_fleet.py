@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -481,3 +484,166 @@ def test_du_counts_models_partials_state_and_unknown_files(lab: Lab) -> None:
         and "partial" in table.stdout
         and "total" in table.stdout
     )
+
+
+# -- cache keys ----------------------------------------------------------------------------------------------
+def documented_key(models: dict[str, str]) -> str:
+    """The README's formula: whisper-<layout>-<16 hex of sha256 over the sorted "name sha256" lines>."""
+    text = "".join(f"{name} {digest}\n" for name, digest in sorted(models.items()))
+    return f"whisper-1-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def test_cache_key_is_stable_across_runs_and_machines(lab: Lab, tmp_path: Path) -> None:
+    official = load_registry(None)
+    expected = documented_key({"m0": lab.blobs[0].sha256, "large-v3": official.get("large-v3").sha256})
+    keys = set()
+    for machine in ("a", "b"):  # another HOME, cache, working directory, registry path and hash seed
+        home = tmp_path / machine
+        home.mkdir()
+        registry = shutil.copy(lab.registry, home / "models.toml")
+        argv = [sys.executable, "-m", "whisperctl", "--registry", str(registry), "cache-key", "large", "m0"]
+        env = child_env(
+            HOME=str(home), WHISPERCTL_CACHE_DIR=str(home / "cache"), PYTHONHASHSEED=str(ord(machine))
+        )
+        out = subprocess.run(argv, cwd=home, env=env, check=True, capture_output=True, text=True).stdout
+        keys.add(out.strip())
+    assert keys == {expected}
+    # Order, aliases and repeats do not matter; a manifest gives the same key as its names.
+    assert lab.cli("cache-key", "m0", "large-v3", "m0").stdout.strip() == expected
+    manifest = lab.tmp / "models.txt"
+    manifest.write_text("large  # alias of large-v3\nm0\n", "utf-8")
+    as_json = json.loads(lab.cli("cache-key", "-r", str(manifest), "--json").stdout)
+    assert as_json == {
+        "key": expected,
+        "layout": 1,
+        "models": [
+            {"name": "large-v3", "sha256": official.get("large-v3").sha256},
+            {"name": "m0", "sha256": lab.blobs[0].sha256},
+        ],
+    }
+
+
+def test_cache_key_changes_when_a_digest_changes(lab: Lab) -> None:
+    before = lab.cli("cache-key", "m0", "m1").stdout.strip()
+    assert lab.cli("cache-key", "m0").stdout.strip() != before  # another set of models
+    blobs = [lab.blobs[0], Blob("m1", b"a new release of m1"), lab.blobs[2]]
+    write_registry(lab.registry, blobs)
+    after = lab.cli("cache-key", "m0", "m1").stdout.strip()
+    assert after != before
+    assert after == documented_key({"m0": blobs[0].sha256, "m1": blobs[1].sha256})
+    unknown = lab.cli("cache-key", "m0", "nope")
+    assert unknown.exit_code == 2 and "unknown model 'nope'" in unknown.stderr
+    assert lab.cli("cache-key").exit_code == 2
+
+
+# -- shared caches: permissions ------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("umask", [0o002, 0o022], ids=["umask002", "umask022"])
+def test_new_files_and_directories_respect_the_umask(tmp_path: Path, server: HTTPServer, umask: int) -> None:
+    (blob,) = make_blobs(2 * MiB)
+    server.add(f"/files/{blob.filename}", blob.data, rate_limit=2 * MiB)  # a second: time to see the .part
+    registry = write_registry(tmp_path / "models.toml", [blob], server.url("/files"))
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    import grp
+
+    group = os.getgid()
+    if umask == 0o002:  # the README's recipe: a group of its own, the setgid bit, umask 002
+        others = [g.gr_gid for g in grp.getgrall() if g.gr_gid != group]
+        if os.geteuid() == 0 and others:
+            group = others[0]
+            os.chown(cache, -1, group)
+        cache.chmod(0o2775)
+    command = shlex.join(whisperctl(cache, registry, "download", blob.name))
+    proc = subprocess.Popen(["sh", "-c", f"umask {umask:03o} && exec {command}"], env=child_env(),
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    part = cache / f"{blob.filename}.part"
+    deadline = time.monotonic() + 20
+    while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    part_mode = stat.S_IMODE(part.stat().st_mode)
+    assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    state = cache / ".whisperctl"
+    files = [
+        cache / blob.filename,
+        state / "stamps" / f"{blob.filename}.json",
+        state / "locks" / f"{blob.filename}.lock",
+    ]
+    assert part_mode == file_mode
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {
+        str(p): oct(file_mode) for p in files
+    }
+    for d in (state, state / "stamps", state / "locks"):
+        assert stat.S_IMODE(d.stat().st_mode) & 0o777 == dir_mode
+        if umask == 0o002:  # setgid is inherited, so is the group
+            assert d.stat().st_mode & stat.S_ISGID and d.stat().st_gid == group
+    if umask == 0o002:
+        assert {p.stat().st_gid for p in files} == {group}
+
+
+# -- an air-gapped fleet: export, a directory mirror, 8 private caches and 4 processes on a shared one ------
+def no_network_prefix() -> list[str]:
+    """A command prefix that runs a process in a network namespace of its own (no interface but a downed
+    loopback) where this machine allows it; else none, and --offline alone keeps clients off the network."""
+    for prefix in (["unshare", "--net"], ["unshare", "--map-root-user", "--net"]):
+        if shutil.which(prefix[0]):
+            probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
+            if probe.returncode == 0:
+                return prefix
+    return []
+
+
+def run_fleet(
+    argv_for: Callable[[Path], list[str]], caches: list[Path], env: dict[str, str], timeout: float = 90
+) -> list[str]:
+    """Start one client per cache at once; wait for all; their stderr. Every client must exit 0."""
+    procs = [
+        subprocess.Popen(
+            argv_for(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for cache in caches
+    ]
+    errors = [p.communicate(timeout=timeout)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), errors
+    return errors
+
+
+def assert_fleet_verified(blobs: list[Blob], registry: Path, caches: list[Path]) -> None:
+    reg = load_registry(registry)
+    for cache in set(caches):
+        for b in blobs:
+            assert Cache(cache).entry(reg.get(b.name)).status == "verified"
+            assert file_sha256(cache / b.filename) == b.sha256
+        # Each file once, under its final name: no partial file, no sidecar, no private copy left behind.
+        assert sorted(p.name for p in cache.iterdir()) == sorted(
+            [".whisperctl", *(b.filename for b in blobs)]
+        )
+
+
+def assert_one_download_each(blobs: list[Blob], shared_errors: list[str]) -> None:
+    for b in blobs:
+        downloaded = [err for err in shared_errors if f"{b.name}: downloaded" in err]
+        cached = [err for err in shared_errors if f"{b.name}: cached" in err]
+        assert (len(downloaded), len(cached)) == (1, len(shared_errors) - 1), shared_errors
+
+
+@pytest.mark.slow
+def test_air_gapped_fleet_from_an_exported_directory(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab", 1 * MiB, 2 * MiB, 512 * KiB)  # the origin is unreachable
+    blobs = lab.blobs
+    lab.fill()  # the connected machine
+    usb = tmp_path / "usb"
+    assert lab.cli("export", str(usb), "--all-cached").exit_code == 0
+    manifest = tmp_path / "models.txt"
+    manifest.write_text(lab.cli("freeze").stdout, "utf-8")
+
+    isolate = no_network_prefix()
+    private = [tmp_path / f"node{i}" for i in range(8)]
+    shared = [tmp_path / "nfs"] * 4
+    env = child_env(WHISPERCTL_MIRROR=str(usb), WHISPERCTL_OFFLINE="1")
+    errors = run_fleet(lambda c: [*isolate, *whisperctl(c, lab.registry, "download", "-r", str(manifest))],
+                       private + shared, env)  # fmt: skip
+    assert_fleet_verified(blobs, lab.registry, private + shared)
+    assert all(f"from {usb}/" in err for err in errors[:8])
+    assert_one_download_each(blobs, errors[8:])
