@@ -6,6 +6,8 @@
    user-registry entry for it.
 3. Runs the real CLI: list, info, path (not cached yet: exit 5), download (progress bars), download again
    (cached: no network), verify, path, and the JSON forms.
+4. Fleets: exports the cache as a mirror tree (`<sha256>/<file>` + SHA256SUMS), stops the server, and fills a
+   second cache from that tree with a manifest, offline; then du and cache-key.
 
 Nothing leaves the machine. Everything lives in .demo/ (removed by `make clean`).
 """
@@ -135,9 +137,25 @@ def main() -> None:
         run("load", NAME)  # auto device: CUDA, then MPS, then the CPU
     finally:
         server.shutdown()
+    fleet()
     print("\ndemo: done. Try it yourself:")
     print(f"  export WHISPERCTL_CACHE_DIR={cache} WHISPERCTL_REGISTRY={registry}")
     print(f"  {WHISPERCTL} list")
+
+
+def fleet() -> None:
+    """Export the demo model as a mirror tree, then feed a second cache from it with no network."""
+    tree, second, manifest = WORK / "export", WORK / "cache2", WORK / "models.txt"
+    for leftover in second.glob("*"):
+        if leftover.is_file():
+            leftover.unlink()
+    manifest.write_text(f"# what every node needs\n{NAME}\n")
+    print("\ndemo: the server is stopped; a second cache is filled from an exported tree", flush=True)
+    run("export", str(tree), NAME)
+    run("freeze")
+    run("--cache-dir", str(second), "download", "-r", str(manifest), "--mirror", str(tree), "--offline")
+    run("--cache-dir", str(second), "du")
+    run("cache-key", "-r", str(manifest))
 
 
 if __name__ == "__main__":
