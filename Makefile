@@ -45,6 +45,7 @@ check: install ## ruff + mypy (strict) on src/
 bench: install ## Run the benchmarks (figures go to bench/results/; installs nginx, aria2 and curl with apt)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/download.py
+	$(BIN)/python bench/load.py
 
 clean: ## Remove the venv, caches and demo/bench outputs
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo bench/results build dist
