@@ -15,8 +15,11 @@ TORCH_SPEC ?= torch==2.13.0
 WHISPER_SPEC ?= openai-whisper==20250625
 WHISPER_DEPS ?= tiktoken numba more-itertools tqdm
 STAMP := $(VENV)/.installed
+# The chaos suite (tests/chaos): `make test` runs 120 seeded trials, `make chaos` the full 1,000.
+CHAOS_TRIALS ?= 1000
+CHAOS_SEED ?= 6
 
-.PHONY: help install demo test check bench clean
+.PHONY: help install demo test chaos check bench clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,6 +39,10 @@ demo: install ## Run the main job end to end on the built-in offline demo
 
 test: install ## Run the whole test suite
 	$(BIN)/pytest
+
+chaos: install ## Run the chaos suite at full size (1,000 seeded trials; figures in bench/results/chaos.json)
+	CHAOS_TRIALS=$(CHAOS_TRIALS) CHAOS_SEED=$(CHAOS_SEED) CHAOS_REPORT=bench/results/chaos.json \
+		$(BIN)/pytest -q tests/chaos
 
 check: install ## ruff + mypy (strict) on src/
 	$(BIN)/ruff check src tests bench demo

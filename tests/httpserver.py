@@ -165,6 +165,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if route is None or f.status is not None:
                 sent = self._small(f.status or 404, head, f.retry_after)
             elif hit < len(f.status_sequence):
+                owner._fire(route, "status", None)
                 sent = self._small(f.status_sequence[hit], head, f.retry_after)
             elif f.redirect_to is not None and owner._fire(route, "redirect", f.redirect_times):
                 sent = self._small(f.redirect_status, head, None, location=f.redirect_to)
@@ -288,8 +289,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 in_file = max(0, min(n, end - pos))
                 piece = reader.read(pos, in_file)
                 if in_file < n:
+                    if sent + in_file == end - start:  # the first garbage byte of this response
+                        owner._fire(route, "pad", None)
                     piece += (GARBAGE * ((n - in_file) // 4 + 1))[: n - in_file]
                 if f.flip_byte_at is not None and pos <= f.flip_byte_at < pos + in_file:
+                    owner._fire(route, "flip", None)
                     flipped = bytearray(piece)
                     flipped[f.flip_byte_at - pos] ^= 0xFF
                     piece = bytes(flipped)
@@ -438,6 +442,14 @@ class HTTPServer:
         with self._lock:
             route = self._routes[path]
             route.faults, route.hits, route.fired = Faults(**faults), 0, Counter()
+
+    def fired(self, path: str) -> Counter[str]:
+        """How many times each fault of `path` fired since it was added or its faults were last set:
+        "reset", "truncate", "stall", "redirect", and (counted, never limited) "status" for each
+        status_sequence answer, "flip" for each body carrying the flipped byte, "pad" for each body
+        that went on past the file."""
+        with self._lock:
+            return Counter(self._routes[path].fired)
 
     @property
     def requests(self) -> list[RequestRecord]:

@@ -16,6 +16,7 @@ from .errors import (
     NotCachedError,
     TorchMissingError,
     UsageError,
+    quoted,
 )
 from .registry import ModelSpec, Registry, load_registry
 from .verify import VerifyRecord, verify_models
@@ -181,12 +182,20 @@ def resolve_target(registry: Registry, name_or_path: PathLike) -> ModelSpec | Pa
     if isinstance(name_or_path, str) and name_or_path in registry:
         return registry.get(name_or_path)
     path = Path(text).expanduser()
-    if path.is_file():
-        return path.resolve()
-    if path.exists():
-        raise UsageError(f"{text}: not a file; give a model name or the path of a checkpoint (.pt) file")
+    shown = text if text.isprintable() and len(text) <= 200 else quoted(text)
+    try:
+        if path.is_file():
+            return path.resolve()
+        exists = path.exists()
+    except OSError as exc:  # a name too long for a path, a directory that cannot be searched
+        raise UsageError(
+            f"{shown}: not a model name, nor a usable path ({exc.strerror or exc}); give a model name "
+            "or the path of a checkpoint (.pt) file"
+        ) from None
+    if exists:
+        raise UsageError(f"{shown}: not a file; give a model name or the path of a checkpoint (.pt) file")
     if isinstance(name_or_path, Path) or os.sep in text or "/" in text or text.endswith(".pt"):
-        raise UsageError(f"{text}: no such checkpoint file; check the path, or give a model name")
+        raise UsageError(f"{shown}: no such checkpoint file; check the path, or give a model name")
     return registry.get(text)  # UnknownModelError, with suggestions
 
 

@@ -154,10 +154,28 @@ class Cache:
     def ensure(self) -> None:
         """Create the cache and its state folder (for commands that write)."""
         self.check_readable()
+        self.check_state_dirs()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _cache_error(self.root, "cannot create the cache directory", exc) from exc
+
+    def check_state_dirs(self) -> None:
+        """Refuse a state folder that is a symlink or not a directory: whisperctl writes its stamps and locks
+        there, and writes nothing outside its cache."""
+        for path in (self.state_dir, self.state_dir / "stamps", self.state_dir / "locks"):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _cache_error(path, "cannot read whisperctl's state folder", exc) from exc
+            if stat.S_ISLNK(st.st_mode) or not _is_dir(st):
+                what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+                raise CacheError(
+                    f"{path}: {what}; whisperctl keeps its state in a plain folder inside the cache and "
+                    "never writes through links: remove it (it is recreated)"
+                )
 
     def read_stamp(self, spec: ModelSpec) -> Stamp | None:
         """The stamp of a model's file, or None when there is none or it is unreadable (then re-hash)."""
@@ -179,6 +197,7 @@ class Cache:
             size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, sha256=sha256, checked_at=time.time()
         )
         payload = {"layout": LAYOUT_VERSION, "name": spec.name, "filename": spec.filename, **stamp.__dict__}
+        self.check_state_dirs()
         atomic_write_text(self.stamp_path(spec), json.dumps(payload, indent=1) + "\n")
         return stamp
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -26,8 +27,16 @@ from urllib.parse import unquote, urlsplit
 import filelock
 import httpx
 
-from .cache import Cache
-from .errors import CacheError, IntegrityError, NetworkError, NotCachedError, UsageError, WhisperctlError
+from .cache import Cache, atomic_write_text
+from .errors import (
+    CacheError,
+    IntegrityError,
+    NetworkError,
+    NotCachedError,
+    UsageError,
+    WhisperctlError,
+    quoted,
+)
 from .hashing import CHUNK, sha256_file
 from .registry import ModelSpec
 from .transfer import TransferOptions, create_partial, fetch_url, make_client, write_at
@@ -101,7 +110,12 @@ def parse_mirrors(values: Sequence[str]) -> tuple[Mirror, ...]:
         for item in (v.strip() for v in value.split(",")):
             if not item:
                 continue
-            scheme = urlsplit(item).scheme.lower()
+            try:
+                scheme = urlsplit(item).scheme.lower()
+            except ValueError as exc:  # "http://[::1": an unclosed IPv6 bracket
+                raise UsageError(
+                    f"mirror {quoted(item)}: not a URL ({exc}); give an http(s) URL or a directory"
+                ) from None
             if scheme in ("http", "https"):
                 mirrors.append(Mirror(item))
             elif scheme == "file":
@@ -170,13 +184,15 @@ async def _hash_existing(run: _Run, spec: ModelSpec, path: Path) -> str | None:
     except OSError as exc:
         raise CacheError(f"{path}: cannot read the cached file ({exc.strerror or exc})") from exc
     if path.stat().st_mtime_ns == st.st_mtime_ns:
-        run.cache.write_stamp(spec, st, digest)
+        # A read-only cache still serves its files: the stamp only spares the next run this hashing.
+        with contextlib.suppress(OSError):
+            run.cache.write_stamp(spec, st, digest)
     return digest
 
 
 @contextlib.asynccontextmanager
 async def _model_lock(run: _Run, spec: ModelSpec):  # type: ignore[no-untyped-def]
-    """A per-model cross-process lock; says who holds it while waiting.
+    """A per-model cross-process lock; says who holds it while waiting, and yields whether it holds it.
 
     Where the lock cannot be taken at all (a filesystem without working locks, a lock file another user
     made unwritable), the download goes on without it: the lock only saves bandwidth, the digest check and
@@ -204,14 +220,16 @@ async def _model_lock(run: _Run, spec: ModelSpec):  # type: ignore[no-untyped-de
                 f"cannot lock {owner_path.with_suffix('.lock')} ({reason}); going on "
                 "without the lock, the digest check still decides",
             )
-        yield
+        yield False
         return
     try:
         with contextlib.suppress(OSError):
-            owner_path.write_text(
-                json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}), "utf-8"
+            # Atomically, so that a symlink planted at the owner note is replaced, never written through.
+            atomic_write_text(
+                owner_path,
+                json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}),
             )
-        yield
+        yield True
     finally:
         with contextlib.suppress(OSError):
             owner_path.unlink()
@@ -271,8 +289,11 @@ async def _copy_from_directory(
     return await asyncio.to_thread(copy)
 
 
-def _finalize(run: _Run, spec: ModelSpec, digest: str, fd: int) -> Path:
+def _finalize(run: _Run, spec: ModelSpec, digest: str, fd: int) -> str | None:
     """Move the verified, fsynced file open as ``fd`` to its final name, then stamp it.
+
+    Returns a warning when the file is in place but its stamp could not be recorded (a full disk, say): the
+    download succeeded, and the next run hashes the file once more instead of trusting a stamp.
 
     It moves through a private name, and only if ``<file>.part`` is still this descriptor's file: where locks
     do not work (some network filesystems), another process may have replaced the partial file with its own
@@ -289,6 +310,12 @@ def _finalize(run: _Run, spec: ModelSpec, digest: str, fd: int) -> Path:
             with contextlib.suppress(FileNotFoundError):
                 private.unlink()
             raise
+    except OSError as exc:
+        raise CacheError(
+            f"{final}: cannot move the verified file into place ({exc.strerror or exc})"
+        ) from exc
+    warning = None
+    try:
         # The rename itself must survive a power loss, or the stamp could outlive the file it describes.
         dir_fd = os.open(cache.root, os.O_RDONLY)
         try:
@@ -297,12 +324,29 @@ def _finalize(run: _Run, spec: ModelSpec, digest: str, fd: int) -> Path:
             os.close(dir_fd)
         cache.write_stamp(spec, st, digest)
     except OSError as exc:
-        raise CacheError(
-            f"{final}: cannot move the verified file into place ({exc.strerror or exc})"
-        ) from exc
-    with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
+            cache.forget_stamp(spec)  # an older stamp describes another inode anyway; do not leave doubt
+        warning = (
+            f"{final}: downloaded and verified, but its stamp could not be written ({exc.strerror or exc}); "
+            "the file will be hashed again on its next use"
+        )
+    with contextlib.suppress(OSError):
         cache.partial_state_path(spec).unlink()
-    return final
+    return warning
+
+
+def _remove_stale_temporaries(cache: Cache, spec: ModelSpec) -> None:
+    """Remove what a process killed inside :func:`_finalize` or a sidecar write left: a private copy of the
+    file (as large as the model) or of the sidecar. Called under the model's lock, which every writer of
+    these names held."""
+    pattern = re.compile(rf"\.{re.escape(spec.filename)}(\.part\.json)?\.[0-9a-f]{{12}}\.tmp")
+    try:
+        names = [n for n in os.listdir(cache.root) if pattern.fullmatch(n)]
+    except OSError:
+        return
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(cache.root / name)
 
 
 def _move_if_same(part: Path, private: Path, mine: os.stat_result) -> os.stat_result | None:
@@ -425,16 +469,25 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
             resumed_from=resumed,
         )
 
-    async def cached() -> DownloadRecord | None:
+    async def cached(locked: bool) -> DownloadRecord | None:
         entry = cache.entry(spec)
-        if entry.status == "verified":
-            return record("cached", "cache", spec.sha256)
-        if entry.status == "present" and await _hash_existing(run, spec, final) == spec.sha256:
-            return record("cached", "cache", spec.sha256)
-        return None
+        if entry.status != "verified" and not (
+            entry.status == "present" and await _hash_existing(run, spec, final) == spec.sha256
+        ):
+            return None
+        # A partial download left next to a good file (a run killed after its rename, or a --force run
+        # cut short) is of no use any more: remove it, but only under the lock, where no other process
+        # is writing it.
+        leftovers = [p for p in (cache.partial_path(spec), cache.partial_state_path(spec)) if p.exists()]
+        if leftovers and not locked:
+            return None
+        for path in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return record("cached", "cache", spec.sha256)
 
     cache.ensure()
-    if not run.force and (done := await cached()) is not None:
+    if not run.force and (done := await cached(locked=False)) is not None:
         return done
     offline_hint = (
         f"{spec.name}: not in the cache ({final}) and offline mode is on; run `whisperctl download "
@@ -442,9 +495,11 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
     )
     if run.offline and not run.mirrors:
         raise NotCachedError(offline_hint)
-    async with _model_lock(run, spec):
+    async with _model_lock(run, spec) as locked:
+        if locked:
+            _remove_stale_temporaries(cache, spec)
         # Another process may have finished it while this one waited for the lock.
-        if not run.force and (done := await cached()) is not None:
+        if not run.force and (done := await cached(locked=locked)) is not None:
             return done
         try:
             source, digest, _size, resumed, fd = await _fetch(run, spec)
@@ -453,9 +508,11 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
                 raise NotCachedError(f"{offline_hint} ({exc})") from exc
             raise
         try:
-            await asyncio.to_thread(_finalize, run, spec, digest, fd)
+            warning = await asyncio.to_thread(_finalize, run, spec, digest, fd)
         finally:
             os.close(fd)
+        if warning is not None and run.progress is not None:
+            run.progress.note(spec.name, warning)
         return record("downloaded", source, digest, resumed)
 
 

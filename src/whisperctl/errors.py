@@ -23,7 +23,17 @@ __all__ = [
     "UnknownModelError",
     "UsageError",
     "WhisperctlError",
+    "quoted",
 ]
+
+
+def quoted(value: str, limit: int = 80) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters: a hostile 100,000-character name
+    must not become a 100,000-character error line (repr also keeps NUL and newlines on one line)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 4]}...{text[0]} ({len(value):,} characters)"
 
 
 class WhisperctlError(Exception):
@@ -46,7 +56,7 @@ class UnknownModelError(UsageError):
         self.suggestions = suggestions
         hint = f"did you mean {', '.join(repr(s) for s in suggestions)}? " if suggestions else ""
         super().__init__(
-            f"unknown model {name!r}: {hint}run `whisperctl list` for the official names, "
+            f"unknown model {quoted(name)}: {hint}run `whisperctl list` for the official names, "
             "or add it to your registry file"
         )
 

@@ -32,7 +32,7 @@ import platformdirs
 
 from ._official import ALIASES, BASE_URL, OFFICIAL, RELEASE
 from .dims import DIMS_FIELDS, ModelDimensions, ParameterCounts, count_parameters
-from .errors import RegistryError, UnknownModelError
+from .errors import RegistryError, UnknownModelError, quoted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -209,7 +209,7 @@ def _parse_registry_file(path: Path) -> dict[str, ModelSpec]:
     unknown_tables = sorted(set(data) - {"models"})
     if unknown_tables:
         raise RegistryError(
-            f"{path}: unknown top-level key {unknown_tables[0]!r}; entries go under [models.NAME]"
+            f"{path}: unknown top-level key {quoted(unknown_tables[0])}; entries go under [models.NAME]"
         )
     models = data.get("models", {})
     if not isinstance(models, dict):
@@ -226,7 +226,7 @@ def _parse_registry_file(path: Path) -> dict[str, ModelSpec]:
 
 def _parse_entry(path: Path, name: str, entry: Any, taken: dict[str, str]) -> ModelSpec:
     def fail(fieldname: str | None, problem: str, fix: str) -> RegistryError:
-        where = f"[models.{name!r}]" if fieldname is None else f"[models.{name!r}] {fieldname}"
+        where = f"[models.{quoted(name)}]" if fieldname is None else f"[models.{quoted(name)}] {fieldname}"
         return RegistryError(f"{path}: {where}: {problem}; {fix}")
 
     if not NAME_PATTERN.fullmatch(name) or ".." in name:
@@ -250,15 +250,24 @@ def _parse_entry(path: Path, name: str, entry: Any, taken: dict[str, str]) -> Mo
         raise fail("url", "missing", 'add url = "https://..."')
     if not isinstance(url, str):
         raise fail("url", "must be a string", "quote it")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[::1/x": an unclosed IPv6 bracket
+        raise fail(
+            "url", f"{quoted(url)} is not an http(s) URL", "use an http:// or https:// address"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.netloc or any(c in url for c in "\x00\r\n\t "):
-        raise fail("url", f"{url!r} is not an http(s) URL", "use an http:// or https:// address")
+        raise fail("url", f"{quoted(url)} is not an http(s) URL", "use an http:// or https:// address")
 
     digest = entry.get("sha256")
     if digest is None:
         raise fail("sha256", "missing", "add the file's SHA-256 (`sha256sum FILE`)")
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
-        raise fail("sha256", f"{digest!r} is not 64 hexadecimal digits", "paste the full SHA-256 of the file")
+        raise fail(
+            "sha256",
+            f"{quoted(str(digest))} is not 64 hexadecimal digits",
+            "paste the full SHA-256 of the file",
+        )
 
     size = entry.get("size")
     if size is not None and (type(size) is not int or size <= 0):

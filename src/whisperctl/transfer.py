@@ -39,7 +39,7 @@ import httpx
 
 from . import __version__
 from .cache import atomic_write_text
-from .errors import CacheError, IntegrityError, NetworkError
+from .errors import CacheError, IntegrityError, NetworkError, quoted
 from .hashing import FollowingHasher
 
 __all__ = [
@@ -380,21 +380,29 @@ class _Transfer:
             headers["If-Range"] = value
         url = self.url
         for _ in range(self.opt.max_redirects + 1):
-            request = self.client.build_request("GET", url, headers=headers)
             try:
+                request = self.client.build_request("GET", url, headers=headers)
                 response = await self.client.send(request, stream=True, follow_redirects=False)
             except httpx.TransportError as exc:
                 raise self._transport_error(url, exc) from exc
+            except httpx.InvalidURL as exc:
+                # httpx parses a redirect's Location even when it does not follow it (`data:...`, `https:x`).
+                raise NetworkError(
+                    f"{url}: refused a redirect to an unusable address ({exc}); check the URL or the mirror"
+                ) from exc
             if response.status_code not in _REDIRECTS:
                 break
             location = response.headers.get("location")
             await response.aclose()
             if not location:
                 raise NetworkError(f"{url}: redirect without a Location header; check the URL or the mirror")
-            target = urljoin(url, location)
-            scheme = urlsplit(target).scheme
+            try:
+                target = urljoin(url, location)
+                scheme = urlsplit(target).scheme
+            except ValueError as exc:  # "http://[::1" and the like
+                raise NetworkError(f"{url}: refused a redirect to {quoted(location)} ({exc})") from None
             if scheme not in ("http", "https"):
-                raise NetworkError(f"{url}: refused a redirect to {target!r} (not http or https)")
+                raise NetworkError(f"{url}: refused a redirect to {quoted(target)} (not http or https)")
             if urlsplit(url).scheme == "https" and scheme == "http":
                 raise NetworkError(
                     f"{url}: refused a redirect from https to plain http ({target}); "
@@ -624,8 +632,16 @@ class _Transfer:
         total = self._frontier()
         if v.total is not None and total != v.total:  # pragma: no cover - guarded by the workers
             raise NetworkError(f"{self.url}: transfer ended at byte {total:,} of {v.total:,}")
-        digest = await asyncio.to_thread(self.hasher.finish, total)
-        await asyncio.to_thread(os.fsync, self.fd)
+        try:
+            digest = await asyncio.to_thread(self.hasher.finish, total)
+            await asyncio.to_thread(os.fsync, self.fd)
+        except OSError as exc:
+            # The bytes cannot be read back or made durable (a full disk at fsync, an I/O error): nothing
+            # here can be trusted enough to rename, nor resumed from.
+            raise CacheError(
+                f"{self.part}: cannot read back or flush the downloaded data ({exc.strerror or exc}); "
+                "the partial file was removed; free some space or check the disk, then download again"
+            ) from exc
         return TransferResult(
             sha256=digest, size=total, url=self.url, resumed_from=self.resumed_from, fd=self.fd
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,9 @@ def verify_models(
         # Stamp only if the file did not change while it was being read.
         after = path.stat()
         if (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
-            cache.write_stamp(spec, st, result)
+            # A read-only cache can still be verified: the result is reported, only not remembered.
+            with contextlib.suppress(OSError):
+                cache.write_stamp(spec, st, result)
         status: VerifyStatus = "ok" if result == spec.sha256 else "corrupt"
         records[spec.name] = VerifyRecord(spec.name, path, status, spec.sha256, result, st.st_size)
     return [records[spec.name] for spec in specs]
