@@ -3,6 +3,9 @@
 Every test runs the engine against the fault-injecting server of ``tests/httpserver.py`` with small random
 files and small engine knobs, and a guard thread watches the cache for the whole test: a file whose digest
 the registry does not allow must never appear under a model's final name, whatever the network did.
+
+The engine reads bodies with its own lean HTTP/1.1 reader (``wire.py``) on direct connections and with httpx
+otherwise (proxies, a client passed in): the tests marked ``@both_paths`` run once over each.
 """
 
 from __future__ import annotations
@@ -170,8 +173,11 @@ class Model:
 class Lab:
     """Shortcuts around one test server, one cache directory and one registry file."""
 
-    def __init__(self, server: HTTPServer, cache_dir: Path, tmp_path: Path, guard: FinalGuard) -> None:
+    def __init__(
+        self, server: HTTPServer, cache_dir: Path, tmp_path: Path, guard: FinalGuard, *, lean: bool = True
+    ) -> None:
         self.server = server
+        self.lean = lean  # bodies through wire.py (True) or through httpx
         self.cache_dir = cache_dir
         self.cache = Cache(cache_dir)
         self.tmp = tmp_path
@@ -238,6 +244,7 @@ class Lab:
             "backoff": 0.01,
             "checkpoint_interval": 0.05,
             "sleep": self.sleeps,
+            "lean_http": self.lean,
         }
         knobs.update(changes)
         return TransferOptions(**knobs)
@@ -354,11 +361,15 @@ class Lab:
 
 
 @pytest.fixture
-def lab(server: HTTPServer, cache_dir: Path, tmp_path: Path) -> Iterator[Lab]:
+def lab(request: pytest.FixtureRequest, server: HTTPServer, cache_dir: Path, tmp_path: Path) -> Iterator[Lab]:
     guard = FinalGuard(cache_dir)
-    yield Lab(server, cache_dir, tmp_path, guard)
+    yield Lab(server, cache_dir, tmp_path, guard, lean=getattr(request, "param", "wire") == "wire")
     violations = guard.stop()
     assert not violations, f"a wrong file sat under a final name: {violations}"
+
+
+# Run a test once with bodies read by wire.py and once by httpx.
+both_paths = pytest.mark.parametrize("lab", ["wire", "httpx"], indirect=True)
 
 
 def span(record: RequestRecord) -> tuple[int, int | None]:
@@ -387,6 +398,7 @@ def flipped(data: bytes, offset: int) -> bytes:
 
 
 # -- 1. plain downloads --------------------------------------------------------------------------------------
+@both_paths
 def test_small_file_is_one_stream_and_stamped_verified(lab: Lab) -> None:
     m = lab.model(size=1 * MiB)
     progress = Progress()
@@ -405,6 +417,7 @@ def test_small_file_is_one_stream_and_stamped_verified(lab: Lab) -> None:
     assert stamp is not None and stamp.sha256 == m.sha256 and stamp.size == m.size
 
 
+@both_paths
 def test_large_file_is_fetched_in_ranges_that_tile_it(lab: Lab) -> None:
     m = lab.model(size=4 * MiB)
     progress = Progress()
@@ -425,6 +438,7 @@ def test_large_file_is_fetched_in_ranges_that_tile_it(lab: Lab) -> None:
     lab.assert_verified(m)
 
 
+@both_paths
 def test_work_stealing_still_writes_every_byte_once(lab: Lab) -> None:
     m = lab.model(size=6 * MiB)
     progress = Progress()
@@ -481,6 +495,7 @@ def test_wrong_unstamped_file_is_replaced_by_a_download(lab: Lab) -> None:
 
 
 # -- 4, 5. resets and truncation -----------------------------------------------------------------------------
+@both_paths
 @pytest.mark.parametrize("times", [1, 3])
 def test_reset_is_resumed_from_the_bytes_received(lab: Lab, times: int) -> None:
     m = lab.model(size=1 * MiB, reset_after=200 * KiB, reset_times=times)
@@ -501,6 +516,7 @@ def test_reset_is_resumed_from_the_bytes_received(lab: Lab, times: int) -> None:
     lab.assert_verified(m)
 
 
+@both_paths
 def test_reset_in_a_segment_resumes_only_that_segment(lab: Lab) -> None:
     m = lab.model(size=4 * MiB, reset_after=300 * KiB, reset_times=2)
     progress = Progress()
@@ -520,6 +536,7 @@ def test_reset_in_a_segment_resumes_only_that_segment(lab: Lab) -> None:
     lab.assert_verified(m)
 
 
+@both_paths
 def test_truncated_body_is_resumed_exactly_where_it_stopped(lab: Lab) -> None:
     m = lab.model(size=1 * MiB, truncate_after=300_000, truncate_times=1)
     rec = lab.get(m)
@@ -532,6 +549,7 @@ def test_truncated_body_is_resumed_exactly_where_it_stopped(lab: Lab) -> None:
 
 
 # -- 6. wrong bytes ------------------------------------------------------------------------------------------
+@both_paths
 @pytest.mark.parametrize("size", [1 * MiB, 4 * MiB], ids=["one-stream", "segmented"])
 def test_wrong_bytes_are_an_integrity_error_and_leave_nothing(lab: Lab, size: int) -> None:
     flip = size - 12_345
@@ -567,6 +585,7 @@ def test_forced_download_of_wrong_bytes_keeps_the_verified_file(lab: Lab) -> Non
 
 
 # -- 7. transient statuses and giving up ---------------------------------------------------------------------
+@both_paths
 def test_transient_statuses_are_retried_with_backoff(lab: Lab) -> None:
     m = lab.model(status_sequence=[503, 500, 429, 502, 408])
     rec = lab.get(m)
@@ -607,6 +626,7 @@ def test_persistent_server_error_gives_up_with_a_network_error(lab: Lab) -> None
     lab.assert_nothing(m)  # no byte arrived: nothing to keep
 
 
+@both_paths
 def test_failure_after_some_bytes_keeps_the_partial_file_and_resumes_it(lab: Lab) -> None:
     m = lab.model(size=1 * MiB, reset_after=256 * KiB, reset_times=1)
     lab.sleeps.then.append(lambda: lab.server.set_faults(m.route, status=503))
@@ -650,6 +670,7 @@ def test_not_found_through_the_cli_exits_3_with_the_url(lab: Lab) -> None:
 
 
 # -- 9. servers without Range support ------------------------------------------------------------------------
+@both_paths
 def test_no_range_support_means_one_stream(lab: Lab) -> None:
     m = lab.model(size=4 * MiB, no_range=True)  # over the split threshold, but the server answers 200
     rec = lab.get(m)
@@ -658,6 +679,7 @@ def test_no_range_support_means_one_stream(lab: Lab) -> None:
     lab.assert_verified(m)
 
 
+@both_paths
 def test_reset_without_range_support_starts_over(lab: Lab) -> None:
     m = lab.model(size=1 * MiB, no_range=True, reset_after=300 * KiB, reset_times=1)
     progress = Progress()
@@ -674,6 +696,7 @@ def test_reset_without_range_support_starts_over(lab: Lab) -> None:
 
 
 # -- 10. bodies without Content-Length -----------------------------------------------------------------------
+@both_paths
 @pytest.mark.parametrize(
     "faults",
     [
@@ -695,6 +718,7 @@ def test_body_without_content_length_completes(lab: Lab, faults: dict[str, bool]
 
 
 # -- 11. stalls ----------------------------------------------------------------------------------------------
+@both_paths
 def test_stalled_connection_is_dropped_and_the_range_resumed(lab: Lab) -> None:
     m = lab.model(size=1 * MiB, stall_after=300_000, stall_seconds=5, stall_times=1)
     t0 = time.monotonic()
@@ -709,6 +733,7 @@ def test_stalled_connection_is_dropped_and_the_range_resumed(lab: Lab) -> None:
 
 
 # -- 12. redirects -------------------------------------------------------------------------------------------
+@both_paths
 def test_redirect_chain_is_followed_once(lab: Lab) -> None:
     m = lab.model(size=4 * MiB)
     lab.server.add("/r1", b"", redirect_to="/r2")
@@ -722,6 +747,7 @@ def test_redirect_chain_is_followed_once(lab: Lab) -> None:
     lab.assert_verified(m)
 
 
+@both_paths
 def test_redirect_loop_fails_with_exit_3(lab: Lab) -> None:
     m = lab.model(serve=False)
     lab.server.add("/loop", b"", redirect_to="/loop")
@@ -772,7 +798,64 @@ def test_https_to_http_redirect_is_refused(lab: Lab, tls_server: HTTPServer) -> 
     lab.assert_nothing(m)
 
 
+@both_paths
+def test_https_trusts_the_bundle_in_ssl_cert_file(
+    lab: Lab, tls_server: HTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = lab.model(size=4 * MiB, serve=False)
+    tls_server.add(m.route, m.data)
+    lab.register(m, url=tls_server.url(m.route))
+    assert tls_server.cert_path is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_server.cert_path))
+    rec = lab.get(m)  # the engine's own client: wire.py for the bodies unless lab.lean is off
+    assert (rec.status, rec.source) == ("downloaded", tls_server.url(m.route))
+    assert len(tls_server.requests_for(m.route, "GET")) >= 2
+    lab.assert_verified(m)
+
+
+@both_paths
+def test_https_with_an_untrusted_certificate_fails_at_once(lab: Lab, tls_server: HTTPServer) -> None:
+    m = lab.model(size=256 * KiB, serve=False)
+    tls_server.add(m.route, m.data)
+    lab.register(m, url=tls_server.url(m.route))
+    rec = lab.get(m)
+    assert (rec.status, rec.exit_code) == ("failed", 3)
+    assert rec.error is not None and "TLS certificate verification failed" in rec.error
+    assert lab.sleeps.delays == [] and tls_server.requests == []
+    lab.assert_nothing(m)
+
+
+@both_paths
+def test_a_proxy_from_the_environment_is_honoured(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = lab.model()
+    for var in ("no_proxy", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", UNREACHABLE)
+    monkeypatch.setenv("http_proxy", UNREACHABLE)
+    rec = lab.get(m, options=lab.options(retries=1))
+    assert (rec.status, rec.exit_code) == ("failed", 3)
+    assert lab.server.requests == []  # the proxy refused: nothing went around it to the server
+
+
+@both_paths
+def test_pieces_share_kept_alive_connections(lab: Lab) -> None:
+    m = lab.model(size=8 * MiB)
+    progress = Progress()
+    # 1 MiB pieces that no worker may split (min_segment 1 MiB): eight requests, two connections.
+    options = lab.options(connections=2, min_segment=1 * MiB, piece_size=1 * MiB)
+    rec = lab.get(m, options=options, progress=progress)
+    assert rec.status == "downloaded"
+    gets = lab.gets(m, 8)
+    assert sorted(span(r) for r in gets) == [(0, None)] + [(i * MiB, (i + 1) * MiB) for i in range(1, 8)]
+    # The probe's connection is dropped after its first piece; the others carry one piece after another.
+    assert len({r.connection for r in gets}) <= 3
+    assert progress.advanced[m.name] == m.size
+    lab.assert_verified(m)
+
+
 # -- 13. oversized bodies ------------------------------------------------------------------------------------
+@both_paths
 def test_content_length_larger_than_the_registry_size_is_rejected_before_the_body(lab: Lab) -> None:
     m = lab.model(size=1 * MiB, no_range=True, oversize_by=4096)
     progress = Progress()
@@ -784,6 +867,7 @@ def test_content_length_larger_than_the_registry_size_is_rejected_before_the_bod
     lab.assert_nothing(m)
 
 
+@both_paths
 def test_ranged_body_longer_than_its_range_is_rejected_before_the_body(lab: Lab) -> None:
     m = lab.model(size=1 * MiB, oversize_by=4096)  # 206: Content-Range says 1 MiB, Content-Length 4 KiB more
     progress = Progress()
@@ -795,6 +879,7 @@ def test_ranged_body_longer_than_its_range_is_rejected_before_the_body(lab: Lab)
     lab.assert_nothing(m)
 
 
+@both_paths
 def test_oversized_body_of_unknown_size_fails_the_digest(lab: Lab) -> None:
     m = lab.model(size=1 * MiB, sized=False, no_range=True, oversize_by=4096)
     rec = lab.get(m)
@@ -803,17 +888,18 @@ def test_oversized_body_of_unknown_size_fails_the_digest(lab: Lab) -> None:
     lab.assert_nothing(m)
 
 
+@both_paths
 def test_endless_body_without_length_is_cut_off_at_the_expected_size(lab: Lab) -> None:
     m = lab.model(size=1 * MiB, no_range=True, no_content_length=True, oversize_by=256 * MiB)
     rec = lab.get(m)
     assert (rec.status, rec.exit_code) == ("failed", 4)
     assert rec.error is not None and "more than the expected" in rec.error
-    lab.server.close()  # the server gives up writing once the client is gone
-    (response,) = lab.gets(m)
+    (response,) = lab.gets(m, 1)  # logged once the server's next write fails: the client is gone
     assert response.outcome == "client_gone" and response.bytes_sent < 64 * MiB
     lab.assert_nothing(m)
 
 
+@both_paths
 def test_endless_body_of_unknown_size_is_cut_off_at_the_cap(lab: Lab) -> None:
     m = lab.model(size=1 * MiB, sized=False, no_range=True, no_content_length=True, oversize_by=256 * MiB)
     rec = lab.get(m, options=lab.options(max_unknown_size=2 * MiB))
@@ -897,6 +983,7 @@ def test_ctrl_c_exits_130_and_the_rerun_resumes(lab: Lab) -> None:
     lab.assert_verified(m)
 
 
+@both_paths
 def test_segmented_resume_after_cancellation_fetches_only_what_is_missing(lab: Lab) -> None:
     m = lab.model(size=4 * MiB, rate_limit=2 * MiB)  # per connection: each 1 MiB segment takes 0.5 s
     options = lab.options(min_segment=1 * MiB)
@@ -944,6 +1031,7 @@ def leave_partial(lab: Lab, m: Model) -> int:
     return done
 
 
+@both_paths
 def test_file_changed_on_the_server_starts_over_and_fails_the_old_digest(lab: Lab) -> None:
     m = lab.model()
     done = leave_partial(lab, m)
@@ -985,6 +1073,7 @@ def test_registry_digest_changed_since_the_partial_starts_over(lab: Lab) -> None
     lab.assert_verified(m)
 
 
+@both_paths
 def test_server_that_dropped_range_support_starts_over(lab: Lab) -> None:
     m = lab.model()
     leave_partial(lab, m)

@@ -1,10 +1,14 @@
 """The HTTP transfer engine: one URL into one ``.part`` file, in parallel ranges, resumable, hashed live.
 
 A transfer asks for ``Range: bytes=0-`` first. A 206 answer tells the size and that ranges work: the file is
-then split into segments fetched over several connections, each written in place with ``pwrite`` into one
-preallocated file. A worker that finishes early takes half of the largest remaining segment, so a slow
-connection does not hold up the end. A :class:`~whisperctl.hashing.FollowingHasher` hashes the contiguous
-prefix as it grows, so the digest is ready when the last byte lands.
+then split into pieces of at most ``piece_size`` that several connections take in order, each written in place
+with ``pwrite`` into one preallocated file. A worker that finds no piece left takes half of the largest
+remaining one, so a slow connection does not hold up the end. A :class:`~whisperctl.hashing.FollowingHasher`
+hashes the contiguous prefix as it grows; since pieces are taken in order, that prefix grows steadily and the
+digest is ready moments after the last byte lands.
+
+On direct connections the bodies are read by :mod:`whisperctl.wire`, a lean HTTP/1.1 reader, straight into a
+reusable buffer; through a proxy (or with a client passed in by the caller), by httpx.
 
 Every few seconds the data is flushed (``fdatasync``) and then a small JSON sidecar records which bytes are
 on disk, so an interrupted transfer (network failure, Ctrl-C, ``kill -9``, power loss) resumes only what is
@@ -21,6 +25,7 @@ import asyncio
 import contextlib
 import email.utils
 import errno
+import functools
 import json
 import math
 import os
@@ -41,6 +46,7 @@ from . import __version__
 from .cache import atomic_write_text
 from .errors import CacheError, IntegrityError, NetworkError, quoted
 from .hashing import FollowingHasher
+from .wire import EngineClient, WireBody, WirePool
 
 __all__ = [
     "TransferOptions",
@@ -74,6 +80,11 @@ class TransferOptions:
     connections: int = 8
     split_threshold: int = 64 * MiB  # smaller files go in one stream
     min_segment: int = 4 * MiB  # never split below this
+    # Larger files are cut into pieces of about this size, taken in order (one request each, on kept-alive
+    # connections): the hashed prefix then follows the download instead of waiting for its last segment.
+    # 32 MiB takes over a second on a 20 MB/s connection, so a round trip per piece costs little.
+    piece_size: int = 32 * MiB
+    lean_http: bool = True  # bodies of direct connections through wire.py rather than httpx
     retries: int = 5  # consecutive failed attempts of one segment, without progress, before giving up
     backoff: float = 0.5  # first retry delay; doubles each time, with full jitter
     max_backoff: float = 30.0
@@ -255,23 +266,73 @@ class _WideReadBackend(httpcore.AsyncNetworkBackend):
 
 def make_client(options: TransferOptions, *, max_connections: int) -> httpx.AsyncClient:
     """The one HTTP client of a run: TLS verified, environment honoured (SSL_CERT_FILE, proxies), no
-    automatic redirects (the engine follows them itself, bounded and never from https to http)."""
-    transport = httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        trust_env=True,
-    )
-    pool = getattr(transport, "_pool", None)
-    # httpx does not expose httpcore's network_backend; when its pool is where it has been since 0.18,
-    # wrap the backend, else keep httpcore's default reads (correct, only slower).
-    if isinstance(getattr(pool, "_network_backend", None), httpcore.AsyncNetworkBackend):
-        pool._network_backend = _WideReadBackend(pool._network_backend)  # type: ignore[union-attr]
-    return httpx.AsyncClient(
-        transport=transport,
+    automatic redirects (the engine follows them itself, bounded and never from https to http).
+
+    With ``options.lean_http`` it carries a :class:`~whisperctl.wire.WirePool` with the same TLS context,
+    which the engine uses for the URLs that no proxy applies to."""
+    ssl_context = functools.cache(_tls_context)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+
+    def transport(proxy: str | None = None) -> httpx.AsyncBaseTransport:
+        made = httpx.AsyncHTTPTransport(verify=ssl_context(), limits=limits, trust_env=True, proxy=proxy)
+        pool = getattr(made, "_pool", None)
+        # httpx does not expose httpcore's network_backend; when its pool is where it has been since 0.18,
+        # wrap the backend, else keep httpcore's default reads (correct, only slower).
+        if isinstance(getattr(pool, "_network_backend", None), httpcore.AsyncNetworkBackend):
+            pool._network_backend = _WideReadBackend(pool._network_backend)  # type: ignore[union-attr]
+        return made
+
+    # Given a transport, httpx ignores the proxy variables (its trust_env then only covers the TLS
+    # settings): mount a proxy transport for each, as httpx would have.
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {
+        pattern: None if proxy is None else _LazyTransport(functools.partial(transport, proxy))
+        for pattern, proxy in _environment_proxies().items()
+    }
+    return EngineClient(
+        wire=WirePool.from_environment(ssl_context) if options.lean_http else None,
+        transport=_LazyTransport(transport),
+        mounts=mounts,
         timeout=options.timeout(),
         headers={"User-Agent": f"whisperctl/{__version__}"},
         trust_env=True,
         follow_redirects=False,
     )
+
+
+def _environment_proxies() -> dict[str, str | None]:
+    """URL patterns and their proxy (None: no proxy, from NO_PROXY), read from the environment by httpx."""
+    try:
+        from httpx._utils import get_environment_proxies  # what httpx's trust_env itself uses
+    except ImportError:  # pragma: no cover - a future httpx: the scheme-wide variables, without NO_PROXY
+        import urllib.request
+
+        found = urllib.request.getproxies()
+        return {f"{s}://": found[s] for s in ("http", "https", "all") if found.get(s)}
+    return get_environment_proxies()
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = httpx.create_ssl_context(trust_env=True)  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class _LazyTransport(httpx.AsyncBaseTransport):
+    """httpx's transport, made on its first request: a run whose requests all take the wire path never pays
+    for it (its TLS context: about 60 ms of loading certificates; closing it: importing anyio)."""
+
+    def __init__(self, make: Callable[[], httpx.AsyncBaseTransport]) -> None:
+        self._make = make
+        self._inner: httpx.AsyncBaseTransport | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._inner is None:
+            self._inner = self._make()
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        if self._inner is not None:
+            await self._inner.aclose()
 
 
 def create_partial(part: Path, state_path: Path, total: int | None) -> int:
@@ -371,6 +432,12 @@ class _Transfer:
         self.hasher: FollowingHasher | None = None
         self.resumed_from = 0
         self._writing: asyncio.Task[None] | None = None  # the sidecar write in flight, if any
+        self._front = 0  # index of the first segment not complete: the hashed prefix ends in it
+        self._unreported = 0  # bytes written but not told to the progress yet
+        self._report_at = 0.0
+        self._buffers: list[memoryview] = []  # read buffers of the wire path, reused across pieces
+        wire = client.wire if isinstance(client, EngineClient) else None
+        self.wire: WirePool | None = wire
 
     # -- HTTP ----------------------------------------------------------------------------------------------
     async def _open(self, start: int, end: int | None, *, validate: bool) -> httpx.Response:
@@ -382,7 +449,12 @@ class _Transfer:
         for _ in range(self.opt.max_redirects + 1):
             try:
                 request = self.client.build_request("GET", url, headers=headers)
-                response = await self.client.send(request, stream=True, follow_redirects=False)
+                if self.wire is not None and self.wire.handles(request.url):
+                    response = await self.wire.send(
+                        request, connect_timeout=self.opt.connect_timeout, read_timeout=self.opt.stall_timeout
+                    )
+                else:
+                    response = await self.client.send(request, stream=True, follow_redirects=False)
             except httpx.TransportError as exc:
                 raise self._transport_error(url, exc) from exc
             except httpx.InvalidURL as exc:
@@ -540,6 +612,7 @@ class _Transfer:
         self._close_fd()
         self._remove_files()
         self.segments = []
+        self._front = 0
 
     def _check_space(self, needed: int) -> None:
         try:
@@ -561,6 +634,19 @@ class _Transfer:
             if seg.remaining > 0:
                 break
         return pos
+
+    def _advance_frontier(self) -> None:
+        """Tell the hasher where the contiguous prefix ends, from the first incomplete segment on.
+
+        Segments tile the file and a split only inserts after a busy (so incomplete) segment: the complete
+        ones before ``_front`` never change, and each call walks only what completed since the last one.
+        """
+        segs, i = self.segments, self._front
+        while i < len(segs) and segs[i].remaining <= 0:
+            i += 1
+        self._front = i
+        if self.hasher is not None and segs:
+            self.hasher.advance(segs[i].pos if i < len(segs) else segs[-1].pos)
 
     # -- the transfer --------------------------------------------------------------------------------------
     async def run(self) -> TransferResult:
@@ -627,21 +713,31 @@ class _Transfer:
         if self.progress is not None:
             self.progress.start(v.total if v.total is not None else self.expected_size, self.resumed_from)
         self.hasher = FollowingHasher(self.fd)
-        self.hasher.advance(self._frontier())
+        self._front = 0
+        self._advance_frontier()
         await self._run_workers(first, first_segment)
         total = self._frontier()
         if v.total is not None and total != v.total:  # pragma: no cover - guarded by the workers
             raise NetworkError(f"{self.url}: transfer ended at byte {total:,} of {v.total:,}")
-        try:
-            digest = await asyncio.to_thread(self.hasher.finish, total)
-            await asyncio.to_thread(os.fsync, self.fd)
-        except OSError as exc:
-            # The bytes cannot be read back or made durable (a full disk at fsync, an I/O error): nothing
-            # here can be trusted enough to rename, nor resumed from.
-            raise CacheError(
-                f"{self.part}: cannot read back or flush the downloaded data ({exc.strerror or exc}); "
-                "the partial file was removed; free some space or check the disk, then download again"
-            ) from exc
+        # The hasher's catching up and the flush to disk overlap: both wait on something other than the CPU
+        # that the other does not need (the hasher reads from the page cache).
+        digest, synced = await asyncio.gather(
+            asyncio.to_thread(self.hasher.finish, total),
+            asyncio.to_thread(os.fsync, self.fd),
+            return_exceptions=True,
+        )
+        for outcome in (digest, synced):
+            if isinstance(outcome, OSError):
+                # The bytes cannot be read back or made durable (a full disk at fsync, an I/O error): nothing
+                # here can be trusted enough to rename, nor resumed from.
+                raise CacheError(
+                    f"{self.part}: cannot read back or flush the downloaded data "
+                    f"({outcome.strerror or outcome}); the partial file was removed; "
+                    "free some space or check the disk, then download again"
+                ) from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(digest, str)
         return TransferResult(
             sha256=digest, size=total, url=self.url, resumed_from=self.resumed_from, fd=self.fd
         )
@@ -651,6 +747,7 @@ class _Transfer:
         if not v.ranges or total is None or total < self.opt.split_threshold or self.opt.connections < 2:
             return [_Segment(0, total)]
         n = max(1, min(self.opt.connections, total // self.opt.min_segment))
+        n = max(n, math.ceil(total / max(self.opt.piece_size, self.opt.min_segment)))
         size = math.ceil(total / n)
         return [_Segment(i * size, min(total, (i + 1) * size)) for i in range(n) if i * size < total]
 
@@ -770,31 +867,61 @@ class _Transfer:
 
     async def _stream(self, response: httpx.Response, seg: _Segment) -> None:
         limit = seg.end if seg.end is not None else (self.expected_size or self.opt.max_unknown_size)
-        hasher = self.hasher
-        assert hasher is not None
+        body = response.stream
         try:
-            async for chunk in response.aiter_raw():
-                end = seg.end if seg.end is not None else limit
-                room = end - seg.pos
-                if len(chunk) > room:
-                    total = self.validator.total if self.validator else None
-                    if seg.end is None or seg.end in (total, self._requested_end(response)):
-                        raise IntegrityError(
-                            f"{self.url}: the server sent more than the expected {end:,} bytes; "
-                            "the body was cut off and rejected (check the URL or the mirror)"
-                        )
-                    chunk = chunk[:room]  # the rest of this range was handed to another worker
-                if chunk:
-                    self._write(chunk, seg.pos)
-                    seg.done += len(chunk)
-                    hasher.advance(self._frontier())
-                    if self.progress is not None:
-                        self.progress.advance(len(chunk))
-                if seg.end is not None and seg.pos >= seg.end:
-                    return
+            if isinstance(body, WireBody):
+                view = self._buffers.pop() if self._buffers else memoryview(bytearray(READ_SIZE))
+                try:
+                    while n := await body.read_into(view):
+                        if self._take_chunk(response, seg, view[:n], limit):
+                            return
+                finally:
+                    self._buffers.append(view)
+            else:
+                async for chunk in response.aiter_raw():
+                    # A range read to its end is also read to the end of its message (no byte more is
+                    # allowed), so that httpx keeps the connection for the next piece.
+                    done = self._take_chunk(response, seg, chunk, limit)
+                    if done and seg.end != self._requested_end(response):
+                        return  # the rest of this range went to another worker: drop the connection
         except httpx.TransportError as exc:
             error = self._transport_error(self.url, exc)
             raise error from exc
+        finally:
+            self._report(force=True)
+
+    def _take_chunk(
+        self, response: httpx.Response, seg: _Segment, chunk: bytes | memoryview, limit: int
+    ) -> bool:
+        """Write one piece of a body at its place; True once the segment is complete."""
+        end = seg.end if seg.end is not None else limit
+        room = end - seg.pos
+        if len(chunk) > room:
+            total = self.validator.total if self.validator else None
+            if seg.end is None or seg.end in (total, self._requested_end(response)):
+                raise IntegrityError(
+                    f"{self.url}: the server sent more than the expected {end:,} bytes; "
+                    "the body was cut off and rejected (check the URL or the mirror)"
+                )
+            chunk = chunk[:room]  # the rest of this range was handed to another worker
+        if chunk:
+            self._write(chunk, seg.pos)
+            seg.done += len(chunk)
+            if self.segments[self._front] is seg:
+                self._advance_frontier()
+            self._unreported += len(chunk)
+            self._report()
+        return seg.end is not None and seg.pos >= seg.end
+
+    def _report(self, *, force: bool = False) -> None:
+        """Progress, at most 20 times a second: a rich update per read would cost more than the read."""
+        if self.progress is None or not self._unreported:
+            return
+        now = time.monotonic()
+        if force or now >= self._report_at:
+            self._report_at = now + 0.05
+            self.progress.advance(self._unreported)
+            self._unreported = 0
 
     @staticmethod
     def _requested_end(response: httpx.Response) -> int | None:
@@ -802,7 +929,7 @@ class _Transfer:
         end = value.rpartition("-")[2]
         return int(end) + 1 if end.isdigit() else None
 
-    def _write(self, chunk: bytes, offset: int) -> None:
+    def _write(self, chunk: bytes | memoryview, offset: int) -> None:
         write_at(self.fd, chunk, offset, self.part)
 
     def _delay(self, failures: int, retry_after: float | None) -> float:
