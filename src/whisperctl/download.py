@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import filelock
 import httpx
 
-from .cache import Cache, atomic_write_text
+from .cache import Cache
 from .errors import (
     CacheError,
     IntegrityError,
@@ -224,11 +224,12 @@ async def _model_lock(run: _Run, spec: ModelSpec):  # type: ignore[no-untyped-de
         return
     try:
         with contextlib.suppress(OSError):
-            # Atomically, so that a symlink planted at the owner note is replaced, never written through.
-            atomic_write_text(
-                owner_path,
-                json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}),
-            )
+            # O_NOFOLLOW: a symlink planted at the note is never written through (ELOOP: no note, then).
+            # In place, not through a temporary file that a kill -9 would leave behind.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            with os.fdopen(os.open(owner_path, flags, 0o666), "w", encoding="utf-8") as note:
+                note.write(json.dumps(holder))
         yield True
     finally:
         with contextlib.suppress(OSError):
