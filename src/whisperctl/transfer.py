@@ -759,6 +759,7 @@ class _Transfer:
             n_workers = 1
         checkpointer = asyncio.create_task(self._checkpoint_loop())
         tasks: list[asyncio.Task[None]] = []
+        finished = False
         try:
             tasks.append(asyncio.create_task(self._worker(first, first_segment)))
             for _ in range(n_workers - 1):
@@ -768,6 +769,7 @@ class _Transfer:
             for task in done:
                 if (exc := task.exception()) is not None:
                     raise exc
+            finished = True
         finally:
             for task in tasks:
                 task.cancel()
@@ -780,8 +782,10 @@ class _Transfer:
                 await asyncio.gather(self._writing, return_exceptions=True)
             if first is not None:
                 await first.aclose()
-            if self.fd >= 0 and self.validator is not None and self.validator.ranges:
-                # Whatever happened (error, Ctrl-C), leave an exact record of what is on disk.
+            if not finished and self.fd >= 0 and self.validator is not None and self.validator.ranges:
+                # Whatever went wrong (error, Ctrl-C), leave an exact record of what is on disk. After a
+                # complete transfer the record would be removed moments later: its flush is left to the
+                # final fsync, which overlaps the hash's catching up.
                 with contextlib.suppress(OSError, asyncio.CancelledError):
                     await asyncio.shield(self._checkpoint())
 
