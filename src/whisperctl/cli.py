@@ -5,6 +5,7 @@ Nothing here imports torch; commands that need it import it inside the library c
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -513,4 +514,10 @@ def cache_key(
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="whisperctl")
+    try:
+        app(prog_name="whisperctl")
+    finally:
+        # The command is over: spare the interpreter's shutdown a garbage collection through every object of
+        # typer, rich, httpx and pydantic (50-100 ms, a sixth of a short `download`). Files and sockets are
+        # closed by now, and sys.stdout and sys.stderr are flushed by the shutdown itself.
+        gc.freeze()
