@@ -336,18 +336,21 @@ def _finalize(run: _Run, spec: ModelSpec, digest: str, fd: int) -> str | None:
     return warning
 
 
-def _remove_stale_temporaries(cache: Cache, spec: ModelSpec) -> None:
-    """Remove what a process killed inside :func:`_finalize` or a sidecar write left: a private copy of the
-    file (as large as the model) or of the sidecar. Called under the model's lock, which every writer of
-    these names held."""
+def _stale_temporaries(cache: Cache, spec: ModelSpec) -> list[Path]:
+    """What a process killed inside :func:`_finalize` or a sidecar write left: a private copy of the file
+    (as large as the model) or of the sidecar. Remove them only under the model's lock, which every writer
+    of these names held."""
     pattern = re.compile(rf"\.{re.escape(spec.filename)}(\.part\.json)?\.[0-9a-f]{{12}}\.tmp")
     try:
-        names = [n for n in os.listdir(cache.root) if pattern.fullmatch(n)]
+        return [cache.root / n for n in os.listdir(cache.root) if pattern.fullmatch(n)]
     except OSError:
-        return
-    for name in names:
+        return []
+
+
+def _remove_stale_temporaries(cache: Cache, spec: ModelSpec) -> None:
+    for path in _stale_temporaries(cache, spec):
         with contextlib.suppress(OSError):
-            os.unlink(cache.root / name)
+            os.unlink(path)
 
 
 def _move_if_same(part: Path, private: Path, mine: os.stat_result) -> os.stat_result | None:
@@ -480,6 +483,7 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
         # cut short) is of no use any more: remove it, but only under the lock, where no other process
         # is writing it.
         leftovers = [p for p in (cache.partial_path(spec), cache.partial_state_path(spec)) if p.exists()]
+        leftovers += _stale_temporaries(cache, spec)  # (a run killed between its two renames)
         if leftovers and not locked:
             return None
         for path in leftovers:
