@@ -77,7 +77,7 @@ class TransferProgress(Protocol):
 class TransferOptions:
     """Knobs of the engine; the defaults suit a CDN over the internet."""
 
-    connections: int = 8
+    connections: int = 8  # CDNs cap each connection; against a local nginx, 1, 2 or 4 were no faster
     split_threshold: int = 64 * MiB  # smaller files go in one stream
     min_segment: int = 4 * MiB  # never split below this
     # Larger files are cut into pieces of about this size, taken in order (one request each, on kept-alive
