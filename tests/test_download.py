@@ -11,6 +11,7 @@ otherwise (proxies, a client passed in): the tests marked ``@both_paths`` run on
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import itertools
 import json
@@ -33,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 
-from whisperctl import api
+from whisperctl import api, wire
 from whisperctl.cache import Cache, CacheEntry
 from whisperctl.download import DownloadRecord, download_models
 from whisperctl.registry import ModelSpec, load_registry
@@ -852,6 +853,43 @@ def test_pieces_share_kept_alive_connections(lab: Lab) -> None:
     assert len({r.connection for r in gets}) <= 3
     assert progress.advanced[m.name] == m.size
     lab.assert_verified(m)
+
+
+def _refuse_splice_into_files(monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    """os.splice as on a file system that takes none (EINVAL) or has no room left (ENOSPC)."""
+    if not hasattr(os, "splice") or sys.platform != "linux":
+        pytest.skip("splice is Linux-only")
+    real = os.splice
+
+    def splice(
+        src: int, dst: int, count: int, offset_src: Any = None, offset_dst: Any = None, flags: int = 0
+    ) -> int:
+        if offset_dst is not None:  # into the partial file
+            raise OSError(err, os.strerror(err))
+        return real(src, dst, count, offset_src, offset_dst, flags)
+
+    monkeypatch.setattr(os, "splice", splice)
+    monkeypatch.setattr(wire, "_SPLICE", True)
+
+
+def test_a_file_system_without_splice_gets_ordinary_writes(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    _refuse_splice_into_files(monkeypatch, errno.EINVAL)
+    m = lab.model(size=4 * MiB)
+    rec = lab.get(m)
+    assert rec.status == "downloaded"
+    assert wire._SPLICE is False  # the rest went through the read buffer
+    lab.assert_verified(m)
+
+
+def test_a_full_disk_under_splice_exits_6_and_leaves_nothing(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _refuse_splice_into_files(monkeypatch, errno.ENOSPC)
+    m = lab.model(size=4 * MiB)
+    rec = lab.get(m)
+    assert (rec.status, rec.exit_code) == ("failed", 6)
+    assert rec.error is not None and "disk is full" in rec.error and "partial file was removed" in rec.error
+    lab.assert_nothing(m)
 
 
 # -- 13. oversized bodies ------------------------------------------------------------------------------------

@@ -5,6 +5,10 @@ with a copy and an allocation at several of them: on a fast link that work, not 
 download on a small machine. Here a body goes from the socket (through the ssl module's memory BIOs for
 https) straight into the engine's own reusable buffer, from which the engine writes it to disk.
 
+On Linux, a plain-http body with a Content-Length can even skip user space: ``splice`` moves it from the
+socket into a pipe and from the pipe into the file (one copy in the kernel instead of two and a trip
+through Python's buffer).
+
 The engine uses it only where it can stand in for httpx exactly: requests are built by the engine's
 :class:`httpx.AsyncClient` (same headers), only on direct connections (when a proxy from the environment
 applies to a URL, that URL goes through httpx), with the TLS context httpx would use (verification always on,
@@ -15,6 +19,8 @@ failures as httpx's own exceptions, so the engine's checks, retries and messages
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
 import select
 import socket
@@ -33,6 +39,8 @@ _RAW_READ = 256 * 1024  # TLS: ciphertext taken from the socket at a time
 _STATUS_LINE = re.compile(rb"HTTP/(\d)\.(\d) (\d{3})(?: (.*))?")
 _FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _Key = tuple[str, str, int]  # scheme, host, port
+_PIPE_SIZE = 1024 * 1024  # the default pipe-max-size; a pipe that cannot grow keeps its 64 KiB
+_SPLICE = sys.platform == "linux" and hasattr(os, "splice")
 
 
 class _Connection:
@@ -48,6 +56,7 @@ class _Connection:
         self._outgoing = ssl.MemoryBIO()
         self._raw = memoryview(bytearray(0))
         self.used = False  # it answered a request before: a stale keep-alive connection may fail at once
+        self._pipe: tuple[int, int] | None = None  # for splice: (read end, write end), made on first use
 
     @classmethod
     async def open(cls, key: _Key, ssl_context: ssl.SSLContext | None, timeout: float) -> _Connection:
@@ -105,6 +114,10 @@ class _Connection:
 
     def close(self) -> None:
         self.sock.close()
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
     def is_stale(self) -> bool:
         """An idle connection that is readable was closed by the server (or got junk): not reusable."""
@@ -200,6 +213,54 @@ class _Connection:
             return n
         return await self._read_more(view, timeout)
 
+    async def splice_into(self, fd: int, offset: int, limit: int, timeout: float) -> int:
+        """Plain sockets on Linux: move up to ``limit`` bytes into ``fd`` at ``offset`` without copying them
+        through user space; 0 at the end of the stream. A failure to write is the file's ``OSError``."""
+        if self.buffer:  # what came with the response head
+            n = min(limit, len(self.buffer))
+            written = os.pwrite(fd, memoryview(self.buffer)[:n], offset)
+            del self.buffer[:written]
+            return written
+        if self._pipe is None:
+            self._pipe = os.pipe()
+            try:
+                import fcntl
+
+                fcntl.fcntl(self._pipe[1], fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            except (OSError, AttributeError):
+                pass
+        read_end, write_end = self._pipe
+        while True:
+            try:
+                n = os.splice(
+                    self.sock.fileno(), write_end, min(limit, _PIPE_SIZE), flags=os.SPLICE_F_NONBLOCK
+                )
+                break
+            except (BlockingIOError, InterruptedError):
+                await self._wait_readable(timeout)
+            except OSError as exc:
+                raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+        moved = 0
+        try:
+            try:
+                while moved < n:
+                    moved += os.splice(read_end, fd, n - moved, offset_dst=offset + moved)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise
+                # A file system that takes no splice: the bytes in the pipe go the ordinary way, and so
+                # will every later body of this process.
+                global _SPLICE
+                _SPLICE = False
+                data = memoryview(os.read(read_end, n - moved))
+                while data:
+                    written = os.pwrite(fd, data, offset + moved)
+                    data, moved = data[written:], moved + written
+        except BaseException:
+            self.close()  # bytes may be left in the pipe: this connection cannot go on
+            raise
+        return n
+
     async def _fill(self, timeout: float) -> bool:
         scratch = memoryview(bytearray(16 * 1024))
         n = await self._read_more(scratch, timeout)
@@ -291,6 +352,42 @@ class WireBody(httpx.AsyncByteStream):
             raise
         self._received += n
         if n == 0 or self._length == 0:
+            self._finish()
+        return n
+
+    @property
+    def spliceable(self) -> bool:
+        """Whether :meth:`splice_into` may be used: Linux, plain http, a Content-Length."""
+        conn = self._conn
+        return _SPLICE and conn is not None and conn.tls is None and self._length is not None
+
+    @property
+    def remaining(self) -> int | None:
+        """Body bytes still to come, when the framing tells (a Content-Length)."""
+        return self._length
+
+    async def splice_into(self, fd: int, offset: int, limit: int) -> int:
+        """Up to ``limit`` body bytes into ``fd`` at ``offset``, through the kernel only; 0 at the end.
+
+        A failure to write is the file's ``OSError`` (the connection is then closed); a network failure is
+        an httpx exception, as for :meth:`read_into`.
+        """
+        conn = self._conn
+        if conn is None or self._length is None:
+            return 0
+        try:
+            n = await conn.splice_into(fd, offset, min(limit, self._length), self._timeout)
+            if n == 0:
+                raise httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete message body: received "
+                    f"{self._received} bytes, expected {self._received + self._length}"
+                )
+        except BaseException:
+            self._discard()
+            raise
+        self._length -= n
+        self._received += n
+        if self._length == 0:
             self._finish()
         return n
 
