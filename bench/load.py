@@ -16,7 +16,8 @@ tensors they need, all fp16, and generated again otherwise. Every load runs in a
 *in-process* is the load call alone (for the command: the report's ``seconds.total``; on CUDA the context is
 created before the clock starts, for every tool), *whole-process* the wall time from spawn to exit, imports
 included; peak RSS comes from ``wait4``, peak GPU memory from ``torch.cuda.max_memory_allocated``. The page
-cache is warm (the file is read once before the rounds); on CUDA, *cold* rows evict the file first
+cache is warm (the file is read just before each run: a kernel may reclaim page cache left unused for a
+while); on CUDA, *cold* rows evict the file first
 (``posix_fadvise(DONTNEED)``) and are compared with reading the file cold. Each whisperctl load is checked:
 its parameters must be on the device, in the dtype and in the number expected. The cases run interleaved,
 ``--runs`` times each (median times, highest memory); before each run the benchmark waits a little for the
@@ -337,6 +338,10 @@ def run_case(ctx: Context, model: str, path: Path, device: str, case: Case, *, c
     run.idle_load = wait_for_idle(ctx.idle_wait)
     if cold:
         evict(path)
+    else:
+        # Warm means warm for every run: a kernel may reclaim page cache left unused for a while (this VM
+        # runs DAMON with a pageout scheme for memory idle 30 s), which made some "warm" loads partly cold.
+        read_file(path)
     busy0 = _busy_cpu()
     try:
         seconds, usage, stdout, _ = measure(_command(case, path, device), timeout=ctx.timeout, env=ctx.env)
@@ -494,8 +499,9 @@ def render(rows: list[Row], info: dict[str, str], args: argparse.Namespace, extr
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
         "",
         f"Generated checkpoints of the official dims (fp16, random values); {args.runs} run(s) per case, "
-        "interleaved, each in a fresh process; median times, highest peak memory; warm page cache unless "
-        "*cold*. in-process = the load call (for the command: its report's `seconds.total`); "
+        "interleaved, each in a fresh process; median times, highest peak memory; warm page cache (the file "
+        "is read just before each run) unless *cold*. in-process = the load call (for the command: its "
+        "report's `seconds.total`); "
         "whole-process = spawn to exit, imports included. Speed-ups and the RSS ratio are against "
         f"`{WHISPER}` on the same model and device. GiB = 2^30 bytes.",
     ]
