@@ -296,6 +296,27 @@ def test_devices(smallest: Path, cli: Cli) -> None:
     assert json.loads(r.stdout)["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
+def test_console_script_ends_without_the_interpreter_shutdown(smallest: Path, tmp_path: Path) -> None:
+    """The real entry point (``os._exit`` once torch is imported): whole output, and every exit code kept."""
+    command = [sys.executable, "-m", "whisperctl"]
+    r = subprocess.run(
+        [*command, "load", str(smallest), "--json"], capture_output=True, text=True, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["parameters"]["total"] > 0  # the JSON arrived whole through the pipe
+    r = subprocess.run([*command, "load", str(smallest)], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "alignment heads" in r.stdout
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = subprocess.run([*command, "load", str(bad)], capture_output=True, text=True, check=False)
+    assert r.returncode == 4 and str(bad) in r.stderr and r.stderr.count("\n") == 1
+    if not torch.cuda.is_available():
+        r = subprocess.run(
+            [*command, "load", str(smallest), "--device", "cuda"], capture_output=True, text=True, check=False
+        )
+        assert r.returncode == 7 and "available: cpu" in r.stderr
+
+
 def test_device_is_checked_before_downloading(cache_dir: Path, tmp_path: Path, cli: Cli) -> None:
     registry = _register(tmp_path, "mini", b"x" * 10, "http://127.0.0.1:9/mini.pt")
     r = cli("--cache-dir", str(cache_dir), "--registry", str(registry), "load", "mini", "--device", "gpu")
