@@ -1211,8 +1211,27 @@ def test_directory_mirror_with_wrong_bytes_falls_through_to_the_url(
     assert (rec.status, rec.source) == ("downloaded", lab.server.url(m.route))
     assert len(lab.gets(m)) == 1
     assert any(str(source) in note and "trying the next source" in note for note in progress.notes)
+    assert len(rec.warnings) == 1 and str(source) in rec.warnings[0]  # in the record (and --json) too
     assert source.read_bytes() == bad  # the mirror is not ours to fix
     lab.assert_verified(m)
+
+
+def test_a_stamp_that_cannot_be_written_is_a_warning_in_the_json(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = lab.model()
+
+    def full(*_: Any, **__: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Cache, "write_stamp", full)
+    result = lab.cli("download", "--json", m.name)
+    assert result.exit_code == 0, result.stderr
+    (record,) = json.loads(result.stdout)
+    assert record["status"] == "downloaded" and record["sha256"] == m.sha256
+    (warning,) = record["warnings"]
+    assert "stamp could not be written" in warning and "hashed again" in warning
+    assert lab.entry(m).stamp is None and lab.final(m).read_bytes() == m.data
 
 
 def test_http_mirror_that_404s_falls_through_to_the_official_url(lab: Lab) -> None:

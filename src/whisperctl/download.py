@@ -18,7 +18,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -72,6 +72,7 @@ class DownloadRecord:
     error: str | None = None
     exit_code: int = 0
     resumed_from: int = 0
+    warnings: tuple[str, ...] = ()  # what went wrong on the way without failing it (a mirror skipped, say)
 
     @property
     def ok(self) -> bool:
@@ -405,9 +406,9 @@ def _sources(run: _Run, spec: ModelSpec) -> list[tuple[str, Path | None]]:
     return found
 
 
-async def _fetch(run: _Run, spec: ModelSpec) -> tuple[str, str, int, int, int]:
+async def _fetch(run: _Run, spec: ModelSpec, warn: Callable[[str], None]) -> tuple[str, str, int, int, int]:
     """Try each source in turn: (source, digest, size, resumed_from, open descriptor) of the first that gives
-    the file."""
+    the file; each source that failed before it is passed to ``warn``."""
     cache = run.cache
     part, state = cache.partial_path(spec), cache.partial_state_path(spec)
     failures: list[tuple[str, WhisperctlError]] = []
@@ -443,8 +444,8 @@ async def _fetch(run: _Run, spec: ModelSpec) -> tuple[str, str, int, int, int]:
             return location, digest, size, resumed, fd
         except (NetworkError, IntegrityError) as exc:
             failures.append((location, exc))
-            if run.progress is not None and len(failures) < len(_sources(run, spec)):
-                run.progress.note(spec.name, f"{exc}; trying the next source")
+            if len(failures) < len(_sources(run, spec)):
+                warn(f"{exc}; trying the next source")
     if len(failures) == 1:
         raise failures[0][1]
     last = failures[-1][1]
@@ -457,6 +458,12 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
     t0 = time.monotonic()
     cache = run.cache
     final = cache.path_for(spec)
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        if run.progress is not None:
+            run.progress.note(spec.name, message)
 
     def record(
         status: DownloadStatus, source: str | None, digest: str | None, resumed: int = 0
@@ -471,6 +478,7 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
             round(time.monotonic() - t0, 3),
             source,
             resumed_from=resumed,
+            warnings=tuple(warnings),
         )
 
     async def cached(locked: bool) -> DownloadRecord | None:
@@ -507,7 +515,7 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
         if not run.force and (done := await cached(locked=locked)) is not None:
             return done
         try:
-            source, digest, _size, resumed, fd = await _fetch(run, spec)
+            source, digest, _size, resumed, fd = await _fetch(run, spec, warn)
         except NetworkError as exc:
             if run.offline:  # only directory mirrors were tried, and none holds it
                 raise NotCachedError(f"{offline_hint} ({exc})") from exc
@@ -516,8 +524,8 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
             warning = await asyncio.to_thread(_finalize, run, spec, digest, fd)
         finally:
             os.close(fd)
-        if warning is not None and run.progress is not None:
-            run.progress.note(spec.name, warning)
+        if warning is not None:
+            warn(warning)
         return record("downloaded", source, digest, resumed)
 
 

@@ -374,6 +374,7 @@ def download_json(record: DownloadRecord) -> dict[str, Any]:
         "source": record.source,
         "error": record.error,
         "resumed_from": record.resumed_from,
+        "warnings": list(record.warnings),
     }
 
 
