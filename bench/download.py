@@ -13,11 +13,11 @@ into a fresh empty directory and the clock stops when a *verified* file is on di
 - ``curl`` alone (no verification), then ``curl`` + ``sha256sum``;
 - ``aria2c -x8 -s8 -k1M`` + ``sha256sum``.
 
-Each tool runs in its own process; its peak RSS comes from ``wait4``. The page cache is left alone (the
-source files are read once beforehand, so every tool is served from memory), but dirty data is flushed
-(``sync``) before every run and outputs are deleted between runs. Uncapped cells are run 3 times (median);
-before each run the benchmark waits a little for the two cores to be idle, and it reports the CPU that other
-processes used meanwhile, and a fingerprint of whisperctl's source (others may edit the engine during a
+Each tool runs in its own process; its peak RSS comes from ``wait4``. The source file is read just before
+every run, so that every tool is served from memory, and dirty data is flushed (``sync``) before every run;
+outputs are deleted between runs. Uncapped cells are run 3 times (median); before each run the benchmark
+waits a little for the two cores to be idle, and it reports the CPU that other processes used meanwhile,
+and a fingerprint of whisperctl's source (others may edit the engine during a
 run). Results go to bench/results/download.md (and .json; ``--output`` renames them).
 """
 
@@ -178,6 +178,16 @@ def _hash(path: Path) -> str:
         while n := f.readinto(buf):
             h.update(memoryview(buf)[:n])
     return h.hexdigest()
+
+
+def _warm(path: Path) -> None:
+    """Read the source file just before a run, so that nginx serves it from memory for every tool: a kernel
+    may reclaim page cache left unused for a while (this VM runs DAMON with a pageout scheme for memory idle
+    30 s), and the first tool after a long cell would otherwise be served partly from disk."""
+    buf = bytearray(BLOCK)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
 
 
 def prepare_files(work: Path, names: Sequence[str]) -> dict[str, TestFile]:
@@ -564,6 +574,7 @@ def run_one(ctx: Context, tool: str, f: TestFile, setting: str, run: int) -> lis
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     os.sync()  # no writeback left over from the previous run (the page cache itself is kept)
+    _warm(f.path)
     load = wait_for_idle(ctx.idle_wait)
     if load >= 0.3:
         print(f"  (the machine is busy: {load:.1f} cores used by others; measuring anyway)", file=sys.stderr)
@@ -747,8 +758,9 @@ def render(
         "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".",
         "",
         f"Server: nginx on 127.0.0.1 with sendfile; *capped* = `limit_rate {args.rate_text}` per connection "
-        f"({rate / 1e6:.1f} MB/s), *uncapped* = no limit. Source files in the page cache; `sync` before "
-        f"each run; fresh empty destination per run; {args.repeat} run(s) per uncapped cell, "
+        f"({rate / 1e6:.1f} MB/s), *uncapped* = no limit. Source files in the page cache (read before each "
+        f"run); `sync` before each run; fresh empty destination per run; {args.repeat} run(s) per uncapped "
+        "cell, "
         f"{args.repeat_capped} per capped cell (median time, highest RSS). MB/s = 10^6 bytes/s.",
         "",
         "| size | setting | tool | seconds | MB/s | peak RSS MiB | CPU s | bg CPU s | note |",
