@@ -50,6 +50,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import busy_cpu, dist_version, fmt, ratio, read_file, source_fingerprint, wait_for_idle
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
@@ -178,16 +180,6 @@ def _hash(path: Path) -> str:
         while n := f.readinto(buf):
             h.update(memoryview(buf)[:n])
     return h.hexdigest()
-
-
-def _warm(path: Path) -> None:
-    """Read the source file just before a run, so that nginx serves it from memory for every tool: a kernel
-    may reclaim page cache left unused for a while (this VM runs DAMON with a pageout scheme for memory idle
-    30 s), and the first tool after a long cell would otherwise be served partly from disk."""
-    buf = bytearray(BLOCK)
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
 
 
 def prepare_files(work: Path, names: Sequence[str]) -> dict[str, TestFile]:
@@ -326,12 +318,6 @@ _NGINX: list[int] = []  # the master's pid while nginx runs
 _HZ = os.sysconf("SC_CLK_TCK")
 
 
-def _busy_cpu() -> float:
-    """CPU seconds spent busy by the whole machine since boot (idle and iowait left out)."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / _HZ
-
-
 def _nginx_pids() -> list[int]:
     return [*_NGINX, *_children(_NGINX[0])] if _NGINX else []
 
@@ -345,18 +331,6 @@ def _pids_cpu(pids: Sequence[int]) -> float:
     return total / _HZ
 
 
-def wait_for_idle(max_wait: float, threshold: float = 0.3) -> float:
-    """Wait (at most ``max_wait`` s) until the machine is nearly idle; the load seen last, in cores."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0, t0 = _busy_cpu(), time.monotonic()
-        time.sleep(0.5)
-        load = (_busy_cpu() - b0) / (time.monotonic() - t0)
-        if load < threshold or time.monotonic() > deadline:
-            return load
-        time.sleep(1)
-
-
 def measure(cmd: Sequence[str], *, timeout: float, logs: Path, env: dict[str, str]) -> Proc:
     """Run ``cmd``: its wall time, peak RSS (from ``wait4``) and CPU; it is killed at ``timeout``."""
     stem = Path(cmd[0]).name
@@ -364,7 +338,7 @@ def measure(cmd: Sequence[str], *, timeout: float, logs: Path, env: dict[str, st
     killed = threading.Event()
     with open(out, "wb") as fo, open(err, "wb") as fe:
         nginx = _nginx_pids()
-        busy0, nginx0 = _busy_cpu(), _pids_cpu(nginx)
+        busy0, nginx0 = busy_cpu(), _pids_cpu(nginx)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             list(cmd), stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env, preexec_fn=_die_with_parent
@@ -383,7 +357,7 @@ def measure(cmd: Sequence[str], *, timeout: float, logs: Path, env: dict[str, st
         finally:
             timer.cancel()
             _CURRENT.remove(proc)
-        busy1, nginx1 = _busy_cpu(), _pids_cpu(nginx)
+        busy1, nginx1 = busy_cpu(), _pids_cpu(nginx)
     proc.returncode = os.waitstatus_to_exitcode(status)
     stdout, stderr = out.read_text("utf-8", "replace"), err.read_text("utf-8", "replace")
     if killed.is_set():
@@ -574,7 +548,7 @@ def run_one(ctx: Context, tool: str, f: TestFile, setting: str, run: int) -> lis
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
     os.sync()  # no writeback left over from the previous run (the page cache itself is kept)
-    _warm(f.path)
+    read_file(f.path)
     load = wait_for_idle(ctx.idle_wait)
     if load >= 0.3:
         print(f"  (the machine is busy: {load:.1f} cores used by others; measuring anyway)", file=sys.stderr)
@@ -625,19 +599,6 @@ def _version(cmd: list[str]) -> str:
     return text.splitlines()[0] if text else "?"
 
 
-def source_fingerprint() -> str:
-    """12 hex digits of SHA-256 over whisperctl's installed source files (an editable install: src/)."""
-    spec = importlib.util.find_spec("whisperctl")
-    if spec is None or spec.origin is None:
-        return "?"
-    package = Path(spec.origin).parent
-    h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        with contextlib.suppress(OSError):
-            h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
-
-
 def compile_whisperctl() -> None:
     """Write whisperctl's bytecode (only what is stale), as pip does when it installs a package: an editable
     install run under PYTHONDONTWRITEBYTECODE would otherwise compile every module on every run, a cost that
@@ -651,13 +612,6 @@ def _git_head() -> str:
     head = _version(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     dirty = _version(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"])
     return f"{head}{'+uncommitted src changes' if dirty not in ('', '?') else ''}"
-
-
-def _dist_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def machine_info(bins: dict[str, str], work: Path) -> dict[str, str]:
@@ -678,9 +632,9 @@ def machine_info(bins: dict[str, str], work: Path) -> dict[str, str]:
         "kernel": f"{platform.system()} {platform.release()}",
         "filesystem": fs,
         "python": platform.python_version(),
-        "whisperctl": f"{_dist_version('whisperctl')} (git {_git_head()}, source {source_fingerprint()})",
-        "openai-whisper": _dist_version("openai-whisper"),
-        "httpx": _dist_version("httpx"),
+        "whisperctl": f"{dist_version('whisperctl')} (git {_git_head()}, source {source_fingerprint()})",
+        "openai-whisper": dist_version("openai-whisper"),
+        "httpx": dist_version("httpx"),
         "nginx": _version([bins["nginx"], "-v"]).rpartition("/")[2],
         "curl": " ".join(_version([bins["curl"], "--version"]).split()[1:2]),
         "aria2c": _version([bins["aria2c"], "--version"]).rpartition(" ")[2],
@@ -695,42 +649,34 @@ def _find(results: list[Result], size: str, setting: str, tool: str) -> float | 
     return None
 
 
-def _ratio(num: float | None, den: float | None) -> float | None:
-    return num / den if num is not None and den else None
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
 def targets(results: list[Result], sizes: Sequence[str], settings: Sequence[str]) -> list[tuple[bool, str]]:
     """The issue's targets, one (passed, line) each; a target whose figures are missing fails."""
     lines = []
     for size in sizes:
         w = {s: _find(results, size, s, "whisperctl") for s in settings}
         if "capped" in settings:
-            speedup = _ratio(_find(results, size, "capped", "openai-whisper"), w["capped"])
+            speedup = ratio(_find(results, size, "capped", "openai-whisper"), w["capped"])
             lines.append(
                 (
                     speedup is not None and speedup >= 6,
-                    f"capped {size}: whisperctl {_fmt(speedup, '.1f', 'x')} faster than openai-whisper "
+                    f"capped {size}: whisperctl {fmt(speedup, '.1f', 'x')} faster than openai-whisper "
                     "(target >= 6x)",
                 )
             )
-            vs_aria = _ratio(_find(results, size, "capped", "aria2c+sha256sum"), w["capped"])
+            vs_aria = ratio(_find(results, size, "capped", "aria2c+sha256sum"), w["capped"])
             lines.append(
                 (
                     vs_aria is not None and vs_aria >= 1,
-                    f"capped {size}: whisperctl {_fmt(vs_aria, '.2f', 'x')} the speed of aria2c+sha256sum "
+                    f"capped {size}: whisperctl {fmt(vs_aria, '.2f', 'x')} the speed of aria2c+sha256sum "
                     "(target >= 1.00x)",
                 )
             )
         if "uncapped" in settings:
-            slower = _ratio(w["uncapped"], _find(results, size, "uncapped", "curl"))
+            slower = ratio(w["uncapped"], _find(results, size, "uncapped", "curl"))
             lines.append(
                 (
                     slower is not None and slower <= 1.25,
-                    f"uncapped {size}: whisperctl takes {_fmt(slower, '.2f', 'x')} the time of curl alone "
+                    f"uncapped {size}: whisperctl takes {fmt(slower, '.2f', 'x')} the time of curl alone "
                     "(target <= 1.25x)",
                 )
             )
@@ -740,7 +686,7 @@ def targets(results: list[Result], sizes: Sequence[str], settings: Sequence[str]
     lines.append(
         (
             peak is not None and peak < 150 and not failed,
-            f"whisperctl peak RSS {_fmt(peak, '.0f', ' MiB')} over {len(rss)} runs"
+            f"whisperctl peak RSS {fmt(peak, '.0f', ' MiB')} over {len(rss)} runs"
             + (f", {len(failed)} failed runs" if failed else "")
             + " (target < 150 MiB)",
         )
@@ -771,8 +717,8 @@ def render(
         rss = r.rss_bytes / MiB if r.rss_bytes is not None else None
         note = _note(r)
         lines.append(
-            f"| {r.size} | {r.setting} | {r.tool} | {_fmt(r.seconds, '.2f')} | {_fmt(mbs, '.0f')} | "
-            f"{_fmt(rss, '.0f')} | {_fmt(r.cpu_s, '.2f')} | {_fmt(r.parts.get('bg_cpu_s'), '.2f')} | {note} |"
+            f"| {r.size} | {r.setting} | {r.tool} | {fmt(r.seconds, '.2f')} | {fmt(mbs, '.0f')} | "
+            f"{fmt(rss, '.0f')} | {fmt(r.cpu_s, '.2f')} | {fmt(r.parts.get('bg_cpu_s'), '.2f')} | {note} |"
         )
     lines += [
         "",
@@ -787,9 +733,9 @@ def render(
             w = _find(results, size, setting, "whisperctl")
 
             def vs(tool: str, size: str = size, setting: str = setting, w: float | None = w) -> str:
-                return _fmt(_ratio(_find(results, size, setting, tool), w), ".2f", "x")
+                return fmt(ratio(_find(results, size, setting, tool), w), ".2f", "x")
 
-            slower = _fmt(_ratio(w, _find(results, size, setting, "curl")), ".2f", "x")
+            slower = fmt(ratio(w, _find(results, size, setting, "curl")), ".2f", "x")
             lines.append(
                 f"| {size} | {setting} | {vs('openai-whisper')} | {vs('aria2c+sha256sum')} | "
                 f"{vs('curl+sha256sum')} | {vs('curl+sha256sum+sync')} | {slower} |"

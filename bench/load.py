@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -47,12 +45,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import busy_cpu, dist_version, fmt, ratio, read_file, source_fingerprint, wait_for_idle
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
 GiB = 1024 * MiB
-BLOCK = 16 * MiB
 
 # Benchmark names -> official names (dims from whisperctl._official, openai-whisper 20250625).
 MODELS = {
@@ -208,17 +207,6 @@ def ensure_checkpoint(work: Path, name: str, *, timeout: float) -> Path:
     return path
 
 
-def read_file(path: Path) -> float:
-    """Read the whole file (seconds): warms the page cache, or measures a cold read after :func:`evict`."""
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
-    t0 = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(view):
-            pass
-    return time.perf_counter() - t0
-
-
 def evict(path: Path) -> None:
     """Drop the file's pages from the page cache (clean pages only: it is fsynced first)."""
     fd = os.open(path, os.O_RDONLY)
@@ -230,25 +218,6 @@ def evict(path: Path) -> None:
 
 
 # -- running one load ----------------------------------------------------------------------------------------
-_HZ = os.sysconf("SC_CLK_TCK")
-
-
-def _busy_cpu() -> float:
-    """CPU seconds spent busy by the whole machine since boot (idle and iowait left out)."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / _HZ
-
-
-def wait_for_idle(max_wait: float, threshold: float = 0.3) -> float:
-    """Wait (at most ``max_wait`` s) until the machine is nearly idle; the load seen last, in cores."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0, t0 = _busy_cpu(), time.monotonic()
-        time.sleep(0.5)
-        load = (_busy_cpu() - b0) / (time.monotonic() - t0)
-        if load < threshold or time.monotonic() > deadline:
-            return load
-        time.sleep(1)
 
 
 def mem_available() -> int:
@@ -342,7 +311,7 @@ def run_case(ctx: Context, model: str, path: Path, device: str, case: Case, *, c
         # Warm means warm for every run: a kernel may reclaim page cache left unused for a while (this VM
         # runs DAMON with a pageout scheme for memory idle 30 s), which made some "warm" loads partly cold.
         read_file(path)
-    busy0 = _busy_cpu()
+    busy0 = busy_cpu()
     try:
         seconds, usage, stdout, _ = measure(_command(case, path, device), timeout=ctx.timeout, env=ctx.env)
         report = json.loads(stdout.strip().splitlines()[-1] if case.tool != "cli" else stdout)
@@ -350,7 +319,7 @@ def run_case(ctx: Context, model: str, path: Path, device: str, case: Case, *, c
         run.error = str(exc) or type(exc).__name__
         return run
     run.cpu_s = usage.ru_utime + usage.ru_stime
-    run.bg_cpu_s = max(0.0, _busy_cpu() - busy0 - run.cpu_s)
+    run.bg_cpu_s = max(0.0, busy_cpu() - busy0 - run.cpu_s)
     run.whole_s, run.rss_bytes = seconds, usage.ru_maxrss * 1024
     want = ctx.parameters[model]
     if case.tool == "cli":
@@ -438,14 +407,6 @@ def _find(rows: list[Row], model: str, device: str, case: str, cold: bool = Fals
     return next((r for r in rows if (r.model, r.device, r.case, r.cold) == (model, device, case, cold)), None)
 
 
-def _ratio(num: float | None, den: float | None) -> float | None:
-    return num / den if num is not None and den else None
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
-
-
 def _gib(value: int | None) -> float | None:
     return value / GiB if value is not None else None
 
@@ -457,33 +418,33 @@ def targets(rows: list[Row], devices: Sequence[str], cold_read_s: dict[str, floa
 
     def at_least(value: float | None, bound: float, text: str, spec: str = ".1f", unit: str = "x") -> None:
         checks.append(
-            (value is not None and value >= bound, f"{text}: {_fmt(value, spec, unit)} (>= {bound}{unit})")
+            (value is not None and value >= bound, f"{text}: {fmt(value, spec, unit)} (>= {bound}{unit})")
         )
 
     def at_most(value: float | None, bound: float, text: str, spec: str = ".2f", unit: str = "x") -> None:
         checks.append(
-            (value is not None and value <= bound, f"{text}: {_fmt(value, spec, unit)} (<= {bound}{unit})")
+            (value is not None and value <= bound, f"{text}: {fmt(value, spec, unit)} (<= {bound}{unit})")
         )
 
     if any(r.model == m and r.device == "cpu" for r in rows):
         w, ctl = _find(rows, m, "cpu", WHISPER), _find(rows, m, "cpu", "whisperctl.load_model")
         fp16 = _find(rows, m, "cpu", "whisperctl.load_model fp16")
-        at_least(_ratio(w and w.in_s, ctl and ctl.in_s), 6, f"CPU {m} fp32, in-process speed-up")
-        at_least(_ratio(w and w.whole_s, ctl and ctl.whole_s), 4, f"CPU {m} fp32, whole-process speed-up")
-        at_most(_ratio(ctl and ctl.rss_bytes, w and w.rss_bytes), 0.8, f"CPU {m} fp32, peak RSS / whisper's")
-        at_least(_ratio(w and w.whole_s, fp16 and fp16.whole_s), 8, f"CPU {m} fp16, whole-process speed-up")
+        at_least(ratio(w and w.in_s, ctl and ctl.in_s), 6, f"CPU {m} fp32, in-process speed-up")
+        at_least(ratio(w and w.whole_s, ctl and ctl.whole_s), 4, f"CPU {m} fp32, whole-process speed-up")
+        at_most(ratio(ctl and ctl.rss_bytes, w and w.rss_bytes), 0.8, f"CPU {m} fp32, peak RSS / whisper's")
+        at_least(ratio(w and w.whole_s, fp16 and fp16.whole_s), 8, f"CPU {m} fp16, whole-process speed-up")
     cuda = next((d for d in devices if d.startswith("cuda")), None)
     if cuda and any(r.model == m and r.device == cuda for r in rows):
         w, fp16 = _find(rows, m, cuda, WHISPER), _find(rows, m, cuda, "whisperctl.load_model fp16")
         cold = _find(rows, m, cuda, COLD.key, cold=True)
         t = fp16.in_s if fp16 else None
         at_most(t, 0.8, f"GPU {m} fp16, warm in-process", unit=" s")
-        at_least(_ratio(w and w.in_s, t), 10, f"GPU {m} fp16, in-process speed-up")
-        gpu = _ratio(fp16 and fp16.gpu_bytes, fp16 and fp16.weight_bytes)
+        at_least(ratio(w and w.in_s, t), 10, f"GPU {m} fp16, in-process speed-up")
+        gpu = ratio(fp16 and fp16.gpu_bytes, fp16 and fp16.weight_bytes)
         at_most(gpu, 1.1, f"GPU {m} fp16, peak GPU memory / weights")
         read = cold_read_s.get(m)
-        text = f"GPU {m} fp16, cold in-process / cold read of the file ({_fmt(read, '.2f', ' s')})"
-        at_most(_ratio(cold and cold.in_s, read), 1.3, text)
+        text = f"GPU {m} fp16, cold in-process / cold read of the file ({fmt(read, '.2f', ' s')})"
+        at_most(ratio(cold and cold.in_s, read), 1.3, text)
     ours = [r for r in rows if r.case != WHISPER]
     if ours:
         bad = [f"{r.model}/{r.device}/{r.case}" for r in ours if r.failed or r.check != "ok"]
@@ -525,16 +486,16 @@ def render(rows: list[Row], info: dict[str, str], args: argparse.Namespace, extr
             cells = [
                 r.model,
                 r.case,
-                _fmt(r.in_s, ".2f"),
-                _fmt(r.whole_s, ".2f"),
-                _fmt(_gib(r.rss_bytes), ".2f"),
+                fmt(r.in_s, ".2f"),
+                fmt(r.whole_s, ".2f"),
+                fmt(_gib(r.rss_bytes), ".2f"),
             ]
             if gpu:
-                cells += [_fmt(_gib(r.gpu_bytes), ".2f"), _fmt(_gib(r.weight_bytes), ".2f")]
+                cells += [fmt(_gib(r.gpu_bytes), ".2f"), fmt(_gib(r.weight_bytes), ".2f")]
             cells += [
-                "" if ref else _fmt(_ratio(w and w.in_s, r.in_s), ".1f", "x"),
-                "" if ref or r.cold else _fmt(_ratio(w and w.whole_s, r.whole_s), ".1f", "x"),
-                "" if ref else _fmt(_ratio(r.rss_bytes, w and w.rss_bytes), ".2f", "x"),
+                "" if ref else fmt(ratio(w and w.in_s, r.in_s), ".1f", "x"),
+                "" if ref or r.cold else fmt(ratio(w and w.whole_s, r.whole_s), ".1f", "x"),
+                "" if ref else fmt(ratio(r.rss_bytes, w and w.rss_bytes), ".2f", "x"),
                 _note(r),
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -584,26 +545,6 @@ def _version(cmd: list[str]) -> str:
     return text.splitlines()[-1] if text else "?"
 
 
-def source_fingerprint() -> str:
-    """12 hex digits of SHA-256 over whisperctl's installed source files (an editable install: src/)."""
-    spec = importlib.util.find_spec("whisperctl")
-    if spec is None or spec.origin is None:
-        return "?"
-    package = Path(spec.origin).parent
-    h = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        with contextlib.suppress(OSError):
-            h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
-
-
-def _dist_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def machine_info(work: Path, probe: dict[str, Any]) -> dict[str, str]:
     meminfo = Path("/proc/meminfo").read_text().split()
     mem_kib = int(meminfo[meminfo.index("MemTotal:") + 1])
@@ -624,9 +565,9 @@ def machine_info(work: Path, probe: dict[str, Any]) -> dict[str, str]:
         "filesystem": _version(["findmnt", "-n", "-o", "FSTYPE", "--target", str(work)]),
         "python": platform.python_version(),
         "torch": str(probe.get("torch", "?")),
-        "whisperctl": f"{_dist_version('whisperctl')} (git {head}"
+        "whisperctl": f"{dist_version('whisperctl')} (git {head}"
         f"{'+uncommitted src changes' if dirty not in ('', '?') else ''}, source {source_fingerprint()})",
-        "openai-whisper": _dist_version("openai-whisper"),
+        "openai-whisper": dist_version("openai-whisper"),
     }
     if probe.get("gpu"):
         info["gpu"] = f"{probe['gpu']}, {probe['gpu_memory'] / GiB:.0f} GiB"
@@ -718,10 +659,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     runs.append(run)
                     print(
                         f"{model:9} {device:6} {i + 1}/{args.runs} {case.key:38} "
-                        f"in {_fmt(run.in_s, '.2f')} s, whole {_fmt(run.whole_s, '.2f')} s, "
-                        f"RSS {_fmt(_gib(run.rss_bytes), '.2f')} GiB"
+                        f"in {fmt(run.in_s, '.2f')} s, whole {fmt(run.whole_s, '.2f')} s, "
+                        f"RSS {fmt(_gib(run.rss_bytes), '.2f')} GiB"
                         + (
-                            f", GPU {_fmt(_gib(run.gpu_bytes), '.2f')} GiB"
+                            f", GPU {fmt(_gib(run.gpu_bytes), '.2f')} GiB"
                             if run.gpu_bytes is not None
                             else ""
                         )
