@@ -37,7 +37,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import string
 import struct
@@ -54,6 +53,11 @@ from common import busy_cpu, dist_version, fmt, ratio, read_file, source_fingerp
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # for tests/nginx.py: the tests and this benchmark start nginx the same way
+
+from tests.nginx import NginxUnavailableError, free_port  # noqa: E402
+from tests.nginx import run as run_nginx  # noqa: E402
+
 BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
 BLOCK = 16 * MiB
@@ -220,66 +224,31 @@ def prepare_files(work: Path, names: Sequence[str]) -> dict[str, TestFile]:
 
 
 # -- nginx ---------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def nginx_servers(nginx: str, work: Path, root: Path, rate: int) -> Iterator[dict[str, str]]:
     """nginx on two ports of 127.0.0.1 (``uncapped`` and ``capped``); their base URLs. Always stopped."""
     prefix = work / "nginx"
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-    ports = {"uncapped": _free_port(), "capped": _free_port()}
+    ports = {"uncapped": free_port(), "capped": free_port()}
     template = string.Template((HERE / "nginx.conf.template").read_text("utf-8"))
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        template.substitute(
-            # Run as root, nginx would switch its workers to nobody, who may not reach the work dir.
-            user_directive="user root;" if os.geteuid() == 0 else "",
-            workers=os.cpu_count() or 1,
-            prefix=prefix,
-            root=root,
-            port_uncapped=ports["uncapped"],
-            port_capped=ports["capped"],
-            rate=rate,
-        ),
-        "utf-8",
-    )
-    log = open(prefix / "nginx.out", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
+    conf = template.substitute(
+        # Run as root, nginx would switch its workers to nobody, who may not reach the work dir.
+        user_directive="user root;" if os.geteuid() == 0 else "",
+        workers=os.cpu_count() or 1,
+        prefix=prefix,
+        root=root,
+        port_uncapped=ports["uncapped"],
+        port_capped=ports["capped"],
+        rate=rate,
     )
     try:
-        deadline = time.monotonic() + 10
-        for port in ports.values():
-            while True:
-                if proc.poll() is not None:
-                    raise BenchError(f"nginx exited with {proc.returncode}: {_tail(prefix / 'error.log')}")
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                if time.monotonic() > deadline:
-                    raise BenchError(f"nginx did not listen on 127.0.0.1:{port} within 10 s")
-                time.sleep(0.05)
-        _NGINX[:] = [proc.pid]
-        yield {setting: f"http://127.0.0.1:{port}" for setting, port in ports.items()}
-    finally:
-        _NGINX.clear()
-        if proc.poll() is None:
-            proc.terminate()  # fast shutdown: the master stops its workers
+        with run_nginx(nginx, prefix, conf, ports.values(), preexec_fn=_die_with_parent) as proc:
+            _NGINX[:] = [proc.pid]
             try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+                yield {setting: f"http://127.0.0.1:{port}" for setting, port in ports.items()}
+            finally:
+                _NGINX.clear()
+    except NginxUnavailableError as exc:
+        raise BenchError(str(exc)) from exc
 
 
 def _children(pid: int) -> list[int]:
@@ -290,13 +259,6 @@ def _children(pid: int) -> list[int]:
                 if int((entry / "stat").read_text().rpartition(")")[2].split()[1]) == pid:
                     found.append(int(entry.name))
     return found
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text("utf-8", "replace").strip().splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # -- running and measuring -----------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,3 +38,23 @@ def sha256_hex(data: bytes) -> str:
 def write_registry(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
+
+
+class Sleeps:
+    """The engine's injected ``sleep``, not a mock: records every delay it asks for, and sleeps at most
+    ``cap`` seconds of it (0: returns at once, yielding to the event loop).
+
+    Callbacks in ``then`` run on successive sleeps (the first on the first back-off), so a test can change
+    the server's behaviour between two attempts.
+    """
+
+    def __init__(self, cap: float = 0.0) -> None:
+        self.cap = cap
+        self.delays: list[float] = []
+        self.then: list[Callable[[], None]] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        if self.then:
+            self.then.pop(0)()
+        await asyncio.sleep(min(delay, self.cap))

@@ -1,8 +1,9 @@
 """nginx from Debian's packages as a static mirror for tests, on 127.0.0.1 with its own config.
 
-As ``bench/download.py`` does: the binary is found on PATH or in the sbin directories; when missing it is
-installed with ``apt-get install nginx-light`` (as root, or through ``sudo -n``). The server runs in the
-foreground (``daemon off``) under a prefix of the test's own, and is always stopped.
+The binary is found on PATH or in the sbin directories; when missing it is installed with ``apt-get install
+nginx-light`` (as root, or through ``sudo -n``). The server runs in the foreground (``daemon off``) under a
+prefix of the test's own, and is always stopped. ``bench/download.py`` starts its servers with :func:`run`
+too.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import socket
 import string
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,40 +95,40 @@ class Nginx:
 
 
 @contextlib.contextmanager
-def serve(root: Path, work: Path, *, rate: str = "0") -> Iterator[Nginx]:
-    """nginx serving ``root`` on two ports of 127.0.0.1 (``private`` and ``shared``); stopped afterwards."""
-    binary = ensure_nginx()
-    prefix = work / "nginx"
+def run(
+    binary: str,
+    prefix: Path,
+    conf: str,
+    ports: Iterable[int],
+    *,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx in the foreground with the config text ``conf`` under ``prefix``, once it listens on every one of
+    ``ports`` of 127.0.0.1 (10 s at most, else :class:`NginxUnavailableError`); always stopped afterwards.
+
+    The tests' :func:`serve` and ``bench/download.py`` both start their servers through it.
+    """
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (prefix / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-    ports = {"private": free_port(), "shared": free_port()}
-    conf = prefix / "nginx.conf"
-    template = string.Template((HERE / "nginx.conf.template").read_text("utf-8"))
-    conf.write_text(
-        template.substitute(
-            # As root, nginx would switch its workers to nobody, who may not reach the test's directory.
-            user_directive="user root;" if os.geteuid() == 0 else "",
-            prefix=prefix,
-            root=root,
-            port_private=ports["private"],
-            port_shared=ports["shared"],
-            rate=rate,
-        ),
-        "utf-8",
-    )
+    (prefix / "nginx.conf").write_text(conf, "utf-8")
     out = open(prefix / "nginx.out", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+        [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")],
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=subprocess.STDOUT,
+        preexec_fn=preexec_fn,
     )
     try:
         deadline = time.monotonic() + 10
-        for port in ports.values():
+        for port in ports:
             while True:
                 if proc.poll() is not None:
-                    tail = (prefix / "nginx.out").read_text("utf-8", "replace")[-500:]
+                    tail = " | ".join(
+                        (prefix / name).read_text("utf-8", "replace").strip()[-300:]
+                        for name in ("nginx.out", "error.log")
+                        if (prefix / name).is_file()
+                    )
                     raise NginxUnavailableError(f"nginx exited with {proc.returncode}: {tail}")
                 with socket.socket() as s:
                     if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -135,7 +136,7 @@ def serve(root: Path, work: Path, *, rate: str = "0") -> Iterator[Nginx]:
                 if time.monotonic() > deadline:
                     raise NginxUnavailableError(f"nginx did not listen on 127.0.0.1:{port} within 10 s")
                 time.sleep(0.05)
-        yield Nginx(prefix, ports)
+        yield proc
     finally:
         if proc.poll() is None:
             proc.terminate()  # fast shutdown: the master stops its workers
@@ -145,3 +146,23 @@ def serve(root: Path, work: Path, *, rate: str = "0") -> Iterator[Nginx]:
                 proc.kill()
                 proc.wait()
         out.close()
+
+
+@contextlib.contextmanager
+def serve(root: Path, work: Path, *, rate: str = "0") -> Iterator[Nginx]:
+    """nginx serving ``root`` on two ports of 127.0.0.1 (``private`` and ``shared``); stopped afterwards."""
+    binary = ensure_nginx()
+    prefix = work / "nginx"
+    ports = {"private": free_port(), "shared": free_port()}
+    template = string.Template((HERE / "nginx.conf.template").read_text("utf-8"))
+    conf = template.substitute(
+        # As root, nginx would switch its workers to nobody, who may not reach the test's directory.
+        user_directive="user root;" if os.geteuid() == 0 else "",
+        prefix=prefix,
+        root=root,
+        port_private=ports["private"],
+        port_shared=ports["shared"],
+        rate=rate,
+    )
+    with run(binary, prefix, conf, ports.values()):
+        yield Nginx(prefix, ports)

@@ -40,7 +40,7 @@ from whisperctl.download import DownloadRecord, download_models
 from whisperctl.registry import ModelSpec, load_registry
 from whisperctl.transfer import TransferOptions
 
-from .helpers import Cli, Result, sha256_hex
+from .helpers import Cli, Result, Sleeps, sha256_hex
 from .httpserver import HTTPServer, RequestRecord, TLSUnavailableError
 
 KiB = 1024
@@ -48,25 +48,7 @@ MiB = 1024 * KiB
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 
 
-# -- test doubles that are not mocks: an injected sleep, a recording progress, a watcher of the cache --------
-class Sleeps:
-    """The engine's ``sleep``: records every delay it asks for and returns at once.
-
-    Callbacks in ``then`` run on successive sleeps (the first on the first back-off), so a test can change
-    the server's behaviour between two attempts.
-    """
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-        self.then: list[Callable[[], None]] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        if self.then:
-            self.then.pop(0)()
-        await asyncio.sleep(0)
-
-
+# -- test doubles that are not mocks: a recording progress, a watcher of the cache (and Sleeps, in helpers) --
 class Progress:
     """A ``DownloadProgress`` that records what it is told."""
 

@@ -17,7 +17,6 @@ verify`` confirms, with no partial file or sidecar left behind.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import Cli
+from tests.helpers import Cli, Sleeps
 from tests.httpserver import HTTPServer
 from whisperctl import api
 from whisperctl.transfer import TransferOptions
@@ -117,21 +116,6 @@ class Guard:
         return self.violations
 
 
-class SleepRecorder:
-    """The engine's injected ``sleep``: records each delay asked for, sleeps at most 20 ms of it, and runs
-    ``then`` callbacks on successive sleeps (to change the server between two attempts)."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-        self.then: list[Callable[[], None]] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        if self.then:
-            self.then.pop(0)()
-        await asyncio.sleep(min(delay, 0.02))
-
-
 def _snapshot(root: Path, skip: set[Path]) -> dict[str, tuple[int, int]]:
     found: dict[str, tuple[int, int]] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -191,7 +175,7 @@ class Trial:
         self.scratch = self.root / "scratch"  # the trial's own work space (mount probes)
         self.scratch.mkdir()
         self.guard = Guard(self.cache_dir / FILENAME)
-        self.sleeps = SleepRecorder()
+        self.sleeps = Sleeps(cap=0.02)  # real back-offs, shortened
         self.data = b""
         self.sized = True
         self.verified_before: str | None = None  # digest of a verified file that must survive a run
