@@ -7,6 +7,9 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import resource
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +47,29 @@ def read_file(path: Path) -> float:
         while f.readinto(view):
             pass
     return time.perf_counter() - t0
+
+
+def wait_timed(
+    proc: subprocess.Popen[bytes], started: float, timeout: float
+) -> tuple[float, resource.struct_rusage, bool]:
+    """Wait for ``proc`` (spawned at ``perf_counter()`` = ``started``), killing it at ``timeout`` seconds:
+    its wall time, its rusage from ``wait4`` (peak RSS included), and whether it was killed. Sets
+    ``proc.returncode``."""
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return seconds, usage, killed.is_set()
 
 
 def ratio(num: float | None, den: float | None) -> float | None:

@@ -42,14 +42,22 @@ import string
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import busy_cpu, dist_version, fmt, ratio, read_file, source_fingerprint, wait_for_idle
+from common import (
+    busy_cpu,
+    dist_version,
+    fmt,
+    ratio,
+    read_file,
+    source_fingerprint,
+    wait_for_idle,
+    wait_timed,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -297,7 +305,6 @@ def measure(cmd: Sequence[str], *, timeout: float, logs: Path, env: dict[str, st
     """Run ``cmd``: its wall time, peak RSS (from ``wait4``) and CPU; it is killed at ``timeout``."""
     stem = Path(cmd[0]).name
     out, err = logs / f"{stem}.stdout", logs / f"{stem}.stderr"
-    killed = threading.Event()
     with open(out, "wb") as fo, open(err, "wb") as fe:
         nginx = _nginx_pids()
         busy0, nginx0 = busy_cpu(), _pids_cpu(nginx)
@@ -306,23 +313,13 @@ def measure(cmd: Sequence[str], *, timeout: float, logs: Path, env: dict[str, st
             list(cmd), stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env, preexec_fn=_die_with_parent
         )
         _CURRENT.append(proc)
-
-        def kill() -> None:
-            killed.set()
-            proc.kill()
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-            seconds = time.perf_counter() - t0
+            seconds, usage, killed = wait_timed(proc, t0, timeout)
         finally:
-            timer.cancel()
             _CURRENT.remove(proc)
         busy1, nginx1 = busy_cpu(), _pids_cpu(nginx)
-    proc.returncode = os.waitstatus_to_exitcode(status)
     stdout, stderr = out.read_text("utf-8", "replace"), err.read_text("utf-8", "replace")
-    if killed.is_set():
+    if killed:
         raise BenchError(f"{cmd[0]} timed out after {timeout:.0f} s")
     cpu = usage.ru_utime + usage.ru_stime
     background = max(0.0, busy1 - busy0 - (nginx1 - nginx0) - cpu)

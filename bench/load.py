@@ -38,14 +38,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import busy_cpu, dist_version, fmt, ratio, read_file, source_fingerprint, wait_for_idle
+from common import (
+    busy_cpu,
+    dist_version,
+    fmt,
+    ratio,
+    read_file,
+    source_fingerprint,
+    wait_for_idle,
+    wait_timed,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -270,7 +278,6 @@ def _check(case: Case, device: str, devices: list[str], dtypes: list[str], param
 
 def measure(cmd: Sequence[str], *, timeout: float, env: dict[str, str]) -> tuple[float, Any, str, str]:
     """Run ``cmd``: wall time, rusage (from ``wait4``), stdout, stderr; killed at ``timeout``."""
-    killed = threading.Event()
     with (
         open(os.devnull, "rb") as null,
         tempfile.TemporaryFile(prefix="whisperctl-bench-load-") as out,
@@ -278,23 +285,11 @@ def measure(cmd: Sequence[str], *, timeout: float, env: dict[str, str]) -> tuple
     ):
         t0 = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdin=null, stdout=out, stderr=err, env=env)
-
-        def kill() -> None:
-            killed.set()
-            proc.kill()
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-            seconds = time.perf_counter() - t0
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds, usage, killed = wait_timed(proc, t0, timeout)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
-    if killed.is_set():
+    if killed:
         raise BenchError(f"timed out after {timeout:.0f} s")
     if proc.returncode != 0:
         tail = " ".join(stderr.strip().splitlines()[-2:])[-300:]
