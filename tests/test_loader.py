@@ -465,6 +465,7 @@ def _cases(smallest: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "legacy format": (legacy, "not a PyTorch zip checkpoint"),
         "compressed entry": (_rewrite_zip(smallest, tmp_path / "bomb.pt", compress="data.pkl"), "compressed"),
         "absurd dims": (_absurd(tmp_path), "parameters"),
+        "stride-0 views": (tmp_path / "views.pt", "parameters"),
         "wrong keys": (tmp_path / "keys.pt", "1 missing: decoder.ln.bias"),
         "int tensors": (tmp_path / "ints.pt", "not floating point: encoder.conv1.weight (int32)"),
         "no dims": (tmp_path / "nodims.pt", "not 'dims' and 'model_state_dict'"),
@@ -474,6 +475,10 @@ def _cases(smallest: Path, tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
     torch.save({"dims": SMALLEST.as_dict(), "model_state_dict": shapes}, tmp_path / "keys.pt")
     torch.save({"dims": SMALLEST.as_dict(), "model_state_dict": ints}, tmp_path / "ints.pt")
+    # Every shape right, but each tensor a view of one stored element: a tiny file that would take the
+    # memory of the full model once converted.
+    views = {k: torch.zeros(1, dtype=torch.float16).expand(v.shape) for k, v in sd.items()}
+    torch.save({"dims": SMALLEST.as_dict(), "model_state_dict": views}, tmp_path / "views.pt")
     torch.save({"model_state_dict": sd}, tmp_path / "nodims.pt")
     torch.save(
         {"dims": {**SMALLEST.as_dict(), "n_mels": 80.0}, "model_state_dict": sd}, tmp_path / "floatdims.pt"
@@ -495,6 +500,7 @@ CASES = [
     "legacy format",
     "compressed entry",
     "absurd dims",
+    "stride-0 views",
     "wrong keys",
     "int tensors",
     "no dims",

@@ -275,8 +275,10 @@ def check_tensors(ckpt: Checkpoint) -> list[str]:
         if items:
             more = f" and {len(items) - 3} more" if len(items) > 3 else ""
             problems.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    # Shapes alone do not bound the memory: a tensor may be a stride-0 view of one element, of the right
+    # shape, that becomes a full-size tensor once converted.
     size = check_size(ckpt)
-    return [size, *problems] if size and problems else problems
+    return [size, *problems] if size else problems
 
 
 def check_size(ckpt: Checkpoint) -> str | None:
