@@ -261,15 +261,22 @@ def test_planted_symlink_is_never_written_through(setup: Setup, trap: str) -> No
     setup.assert_verified()
 
 
+@pytest.mark.parametrize("command", [["download", "m"], ["rm", "m"], ["prune"]])
 @pytest.mark.parametrize("which", [".whisperctl", ".whisperctl/stamps", ".whisperctl/locks"])
-def test_state_folder_symlinked_out_of_the_cache_is_refused(setup: Setup, which: str) -> None:
+def test_state_folder_symlinked_out_of_the_cache_is_refused(
+    setup: Setup, which: str, command: list[str]
+) -> None:
     elsewhere = setup.outside / "state"
-    elsewhere.mkdir()
+    # What rm and prune would take for stamps and locks of the model, or of files that are gone.
+    for folder in (elsewhere, elsewhere / "stamps", elsewhere / "locks"):
+        folder.mkdir()
+        for name in ("m.pt.json", "gone.pt.json", "m.pt.lock", "gone.pt.lock"):
+            (folder / name).write_text("someone else's\n")
     link = setup.cache / which
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(elsewhere)
     before = setup.outside_untouched()
-    result = setup.cli("download", "m")
+    result = setup.cli(*command)
     assert result.exit_code == 6, result.stderr
     one_error_line(result, str(link), "symlink")
     assert setup.outside_untouched() == before

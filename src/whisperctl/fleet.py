@@ -430,6 +430,7 @@ def remove_models(
     """
     reg, cache = open_context(cache_dir, registry)
     cache.check_readable()
+    cache.check_state_dirs()  # stamps and locks are removed too: never through a link out of the cache
     targets = list(dict.fromkeys(_cache_file_name(reg, cache, name) for name in names))
     records = []
     for filename in targets:
@@ -488,6 +489,7 @@ def prune(
     """
     reg, cache = open_context(cache_dir, registry)
     cache.check_readable()
+    cache.check_state_dirs()  # it removes stamps and locks: never through a link out of the cache
     report = PruneReport(cache.root, dry_run, [], [], [])
     if not cache.root.is_dir():
         return report
