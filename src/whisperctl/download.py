@@ -19,7 +19,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import unquote, urlsplit
@@ -165,7 +165,6 @@ class _Run:
     options: TransferOptions
     progress: DownloadProgress | None
     lock_poll: float = 0.25
-    owner: dict[str, object] = field(default_factory=dict)
 
 
 async def _hash_existing(run: _Run, spec: ModelSpec, path: Path) -> str | None:

@@ -67,10 +67,6 @@ class FollowingHasher:
         self._thread = threading.Thread(target=self._run, name="whisperctl-hasher", daemon=True)
         self._thread.start()
 
-    @property
-    def hashed(self) -> int:
-        return self._hashed
-
     def advance(self, frontier: int) -> None:
         with self._cond:
             if frontier > self._frontier:

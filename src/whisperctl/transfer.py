@@ -915,7 +915,9 @@ class _Transfer:
                 raise _write_error(exc, self.part) from exc
             if n == 0:
                 return
-            self._wrote(seg, n)
+            # While the splice waited for the socket, another worker may have taken this segment's tail:
+            # the bytes past its new end are the same bytes that worker writes, but not this segment's.
+            self._wrote(seg, min(n, seg.remaining))
 
     def _natural_ends(self, response: httpx.Response) -> tuple[int | None, int | None]:
         """Where a segment ends unless a worker took its tail: the file's end or the range asked for."""
