@@ -380,6 +380,27 @@ def test_info_on_a_cached_name_flags_dims_that_differ(smallest: Path, cache_dir:
     assert r.exit_code == 0 and json.loads(r.stdout)["checkpoint"] is None
 
 
+def test_info_verify_on_a_name_hashes_as_verify_does(
+    smallest: Path, cache_dir: Path, tmp_path: Path, cli: Cli
+) -> None:
+    data = smallest.read_bytes()
+    registry = _register(tmp_path, "mini", data, "http://127.0.0.1:9/mini.pt")
+    args = ["--cache-dir", str(cache_dir), "--registry", str(registry)]
+    (cache_dir / "mini.pt").write_bytes(data)
+    r = cli(*args, "info", "mini", "--verify")
+    assert r.exit_code == 0, r.stderr
+    assert f"sha256 measured  {sha256_hex(data)} (matches the registry)" in r.stdout
+    r = cli(*args, "info", "mini", "--json")  # the stamp recorded it: no --verify needed any more
+    assert json.loads(r.stdout)["status"] == "verified"
+    other = data[:-1] + bytes([data[-1] ^ 1])
+    (cache_dir / "mini.pt").write_bytes(other)
+    r = cli(*args, "info", "mini", "--verify", "--json")
+    found = json.loads(r.stdout)
+    assert found["status"] == "corrupt" and found["checkpoint"]["sha256"] == sha256_hex(other)
+    r = cli(*args, "info", "mini", "--verify")
+    assert "(not the registry's)" in r.stdout
+
+
 def test_info_reads_no_weights_and_imports_no_torch(tiny: Path) -> None:
     code = textwrap.dedent(
         f"""

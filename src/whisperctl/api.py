@@ -227,7 +227,8 @@ def inspect(
 
     For a name, the cached file is read when there is one, and its dims compared with the registry's. A
     path that is not a readable checkpoint raises :class:`IntegrityError`; for a name the reason is
-    returned in ``error`` with the registry's facts.
+    returned in ``error`` with the registry's facts. ``hash=True`` measures the file's SHA-256 (for a name,
+    as :func:`verify` does, updating its stamp) and names the registry models that have it.
     """
     from .checkpoint import check_tensors, read_checkpoint
     from .hashing import sha256_file
@@ -257,7 +258,11 @@ def inspect(
         ]
         info.problems.append(f"dims differ from the registry's: {', '.join(diff)}")
     if hash:
-        info.sha256 = sha256_file(path)
+        if entry is not None:  # as `whisperctl verify` does: the stamp records the result
+            (record,) = verify_models([entry.spec], cache, jobs=1)
+            info.sha256, info.entry = record.sha256_actual, cache.entry(entry.spec)
+        else:
+            info.sha256 = sha256_file(path)
         info.matches = [spec.name for spec in reg if spec.sha256 == info.sha256]
     return info
 

@@ -161,7 +161,11 @@ def info(
     ctx: typer.Context,
     target: TargetArg,
     verify: Annotated[
-        bool, typer.Option("--verify", help="For a path: hash the file and name the models with its digest.")
+        bool,
+        typer.Option(
+            "--verify",
+            help="Hash the file (for a name, as `verify` does) and name the models with its digest.",
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:

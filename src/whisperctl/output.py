@@ -282,6 +282,11 @@ class Output:
             else:
                 known = f" = {', '.join(info.matches)}" if info.matches else " (no registry model has it)"
                 rows.append(("sha256", info.sha256 + known))
+        elif info.sha256 is not None:
+            if info.sha256 == info.entry.spec.sha256:
+                rows.append(("sha256 measured", f"{info.sha256} (matches the registry)"))
+            else:
+                rows.append(("sha256 measured", Text(f"{info.sha256} (not the registry's)", style="red")))
         self._rows(rows)
 
     def load_report(self, report: LoadReport) -> None:
