@@ -279,6 +279,10 @@ def test_path_with_sha256(smallest: Path, cli: Cli) -> None:
     assert r.exit_code == 4 and good in r.stderr and "0" * 64 in r.stderr
     r = cli("load", str(smallest), "--sha256", "xyz")
     assert r.exit_code == 2 and "64 hex digits" in r.stderr
+    r = cli("load", str(smallest), "--verify")  # a check that cannot run is said, not skipped
+    assert r.exit_code == 2 and "--sha256 HEX" in r.stderr
+    r = cli("load", "tiny", "--sha256", good, "--offline")
+    assert r.exit_code == 2 and "registry's digest" in r.stderr
 
 
 def test_devices(smallest: Path, cli: Cli) -> None:

@@ -329,23 +329,31 @@ def load(
     checkpoint's own), ``"bf16"``.
     ``into="whisper"`` returns an openai-whisper ``Whisper`` (it must be installed).
     """
+    reg, cache = open_context(cache_dir, registry)
+    target = resolve_target(reg, name_or_path)  # a misspelt name is said at once, before torch is imported
+    if isinstance(target, ModelSpec) and sha256 is not None:
+        raise UsageError(
+            f"--sha256 is for a checkpoint path; {target.name} is checked against the registry's digest "
+            "(add --verify to hash it now)"
+        )
+    if not isinstance(target, ModelSpec) and verify:
+        raise UsageError(f"--verify is for a model name; to check {target}, give --sha256 HEX")
     try:
         from . import loader
     except ImportError as exc:
         if exc.name is not None and exc.name.split(".")[0] == "torch":
             raise TorchMissingError("loading a model") from None
         raise
-    from .download import env_offline
     from .hashing import sha256_file
 
-    reg, cache = open_context(cache_dir, registry)
-    target = resolve_target(reg, name_or_path)
     loader.resolve_device(device)  # fail before any download
     loader.resolve_dtype(dtype)
     seconds: dict[str, float] = {}
     heads = None
     source: loader.HeadsSource = "default"
     if isinstance(target, ModelSpec):
+        from .download import env_offline
+
         integrity = _ensure_cached(
             target,
             cache,

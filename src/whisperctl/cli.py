@@ -364,8 +364,6 @@ def load(
     Parameters per part, device and dtype, alignment heads, time of each phase, peak memory. Exit 4 for a
     file that is not a valid checkpoint (or tries to run code), 7 for an unavailable device.
     """
-    from .download import env_offline
-
     st = _state(ctx)
     with Bars(st.output) as bars:
         loaded = api.load(
@@ -378,7 +376,7 @@ def load(
             cache_dir=st.cache_dir,
             registry=st.registry,
             mirrors=mirror or None,
-            offline=offline or env_offline(),
+            offline=offline or None,  # None: WHISPERCTL_OFFLINE decides
             progress=bars,
         )
     if as_json:
