@@ -105,6 +105,35 @@ def test_shared_cache_without_working_locks_is_never_corrupted(tmp_path: Path, s
     assert sorted(os.listdir(cache)) == [".whisperctl", blob.filename]  # no partial, no private copy left
 
 
+def test_without_working_locks_a_verified_model_beside_leftovers_is_still_cached(
+    tmp_path: Path, server: HTTPServer
+) -> None:
+    # Leftovers are removed only under the lock; where none can be taken they stay, but the good file is
+    # served as it is, with no network (it was downloaded again before the fix).
+    (blob,) = make_blobs(1 * MiB)
+    server.add(f"/files/{blob.filename}", blob.data)
+    registry = write_registry(tmp_path / "models.toml", [blob], server.url("/files"))
+    cache = tmp_path / "shared"
+    first = subprocess.run(whisperctl(cache, registry, "download", blob.name), env=child_env(), check=False)
+    assert first.returncode == 0
+    (cache / ".whisperctl" / "locks" / f"{blob.filename}.lock").unlink(missing_ok=True)
+    (cache / ".whisperctl" / "locks" / f"{blob.filename}.lock").mkdir()
+    (cache / f"{blob.filename}.part").write_bytes(b"x" * 100)
+    (cache / f"{blob.filename}.part.json").write_text("{}")
+    gets = len(server.requests_for(f"/files/{blob.filename}", "GET"))
+    again = subprocess.run(
+        whisperctl(cache, registry, "download", "--json", blob.name),
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)[0]["status"] == "cached"
+    assert len(server.requests_for(f"/files/{blob.filename}", "GET")) == gets
+    assert file_sha256(cache / blob.filename) == blob.sha256
+
+
 # -- a lab: registry models made of random bytes, caches filled from a mirror tree ---------------------------
 class Lab:
     def __init__(self, tmp_path: Path, *sizes: int) -> None:

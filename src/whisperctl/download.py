@@ -480,7 +480,7 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
             warnings=tuple(warnings),
         )
 
-    async def cached(locked: bool) -> DownloadRecord | None:
+    async def cached(locked: bool, *, before_lock: bool = False) -> DownloadRecord | None:
         entry = cache.entry(spec)
         if entry.status != "verified" and not (
             entry.status == "present" and await _hash_existing(run, spec, final) == spec.sha256
@@ -491,15 +491,16 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
         # is writing it.
         leftovers = [p for p in (cache.partial_path(spec), cache.partial_state_path(spec)) if p.exists()]
         leftovers += _stale_temporaries(cache, spec)  # (a run killed between its two renames)
-        if leftovers and not locked:
-            return None
-        for path in leftovers:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if leftovers and before_lock:
+            return None  # take the lock, then look again
+        if locked:  # without the lock (none can be taken here), they stay: the file is good all the same
+            for path in leftovers:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         return record("cached", "cache", spec.sha256)
 
     cache.ensure()
-    if not run.force and (done := await cached(locked=False)) is not None:
+    if not run.force and (done := await cached(locked=False, before_lock=True)) is not None:
         return done
     offline_hint = (
         f"{spec.name}: not in the cache ({final}) and offline mode is on; run `whisperctl download "
