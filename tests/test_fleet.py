@@ -437,9 +437,10 @@ def test_prune_takes_only_stale_state_and_dry_run_says_the_same(lab: Lab) -> Non
     (state / "locks").mkdir(exist_ok=True)
     (state / "locks" / "old.pt.lock").write_bytes(b"")
     (state / "locks" / "old.pt.owner").write_text('{"pid": 1, "host": "h"}')
-    old_tmp = state / "stamps" / ".m0.pt.json.0123456789ab.tmp"
-    old_tmp.write_text("{}")
-    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    old_tmps = [state / "stamps" / ".m0.pt.json.0123456789ab.tmp", root / ".m1.pt.part.json.0123456789ab.tmp"]
+    for old_tmp in old_tmps:  # a stamp's and a sidecar's, both written by atomic_write_text
+        old_tmp.write_text("{}")
+        os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
     # kept: a fresh temporary file, a partial being written, unknown files, the model itself
     (state / "stamps" / ".m0.pt.json.ba9876543210.tmp").write_text("{}")
     (root / "m2.pt.part").write_bytes(b"\0" * 2000)
@@ -453,6 +454,7 @@ def test_prune_takes_only_stale_state_and_dry_run_says_the_same(lab: Lab) -> Non
         ".whisperctl/locks/old.pt.lock",
         ".whisperctl/locks/old.pt.owner",
         ".whisperctl/stamps/.m0.pt.json.0123456789ab.tmp",
+        ".m1.pt.part.json.0123456789ab.tmp",
         ".whisperctl/locks/m0.pt.lock",
     }  # fmt: skip  (m0's lock: its download is over)
     freed = sum((root / p).stat().st_size for p in stale)

@@ -538,7 +538,7 @@ def prune(
             continue
         if name.removesuffix(".part") in known or name.removesuffix(".part.json") in known:
             continue
-        if not stale_tmp(path, known):
+        if not stale_tmp(path, known | {f"{filename}.part.json" for filename in known}):  # and sidecars
             report.unknown.append(path)
 
     stamps, locks = cache.state_dir / "stamps", cache.state_dir / "locks"
