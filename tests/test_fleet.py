@@ -418,12 +418,13 @@ def test_rm_checks_every_name_first_and_removes_unknown_files_only_by_name(lab: 
 def test_rm_refuses_a_model_another_process_is_downloading(lab: Lab) -> None:
     lab.fill()
     with LockHolder(lab.cache_dir, "m0.pt") as holder:
-        result = lab.cli("rm", "m0")
+        result = lab.cli("rm", "m1", "m0")  # m1 comes first, and stays too: all or nothing
         assert result.exit_code == 6
         assert (
             f"m0.pt: process {holder.proc.pid} on " in result.stderr and "is downloading it" in result.stderr
         )
-        assert lab.status(lab.blobs[0]) == "verified"
+        assert "nothing was removed" in result.stderr
+        assert lab.status(lab.blobs[0]) == "verified" and lab.status(lab.blobs[1]) == "verified"
 
 
 def test_prune_takes_only_stale_state_and_dry_run_says_the_same(lab: Lab) -> None:

@@ -425,25 +425,34 @@ def remove_models(
     """Remove models from the cache: file, partial file, sidecar, stamp and lock; one record per name.
 
     A name that is not in the registry may name a file in the cache itself (``old`` or ``old.pt``), so
-    that files of models dropped from the registry can go too. Every name is checked before anything is
-    removed; a model that another process is downloading is a :class:`CacheError` (exit 6).
+    that files of models dropped from the registry can go too. Every name is checked, and every model's lock
+    taken, before anything is removed: a model that another process is downloading is a
+    :class:`CacheError` (exit 6), and nothing is removed then.
     """
     reg, cache = open_context(cache_dir, registry)
     cache.check_readable()
     cache.check_state_dirs()  # stamps and locks are removed too: never through a link out of the cache
     targets = list(dict.fromkeys(_cache_file_name(reg, cache, name) for name in names))
     records = []
-    for filename in targets:
-        found = [(path, size) for path in _files_of(cache, filename) if (size := _size(path)) is not None]
-        with _unless_locked(cache, filename, create=cache.root.is_dir()) as holder:
+    # What there is to report, looked at before the locks are taken (taking one may create its file).
+    found = {
+        filename: [(path, size) for path in _files_of(cache, filename) if (size := _size(path)) is not None]
+        for filename in targets
+    }
+    with contextlib.ExitStack() as held:
+        # Every lock first (none is waited for), so that a model being downloaded leaves all untouched.
+        for filename in targets:
+            holder = held.enter_context(_unless_locked(cache, filename, create=cache.root.is_dir()))
             if holder is not None:
                 raise CacheError(
-                    f"{filename}: {holder} is downloading it; let it finish, then run `whisperctl rm` again"
+                    f"{filename}: {holder} is downloading it; nothing was removed: let it finish, then run "
+                    "`whisperctl rm` again"
                 )
+        for filename in targets:
             for path in _files_of(cache, filename):  # the lock last, and while it is still held
                 _unlink(path)
-        removed = [RemovedFile(path, size) for path, size in found]
-        records.append(RemoveRecord(filename.removesuffix(".pt"), removed))
+            removed = [RemovedFile(path, size) for path, size in found[filename]]
+            records.append(RemoveRecord(filename.removesuffix(".pt"), removed))
     return records
 
 
