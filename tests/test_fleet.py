@@ -282,6 +282,33 @@ def test_export_links_verified_files_into_the_official_layout_with_sha256sums(la
     assert not list(tree.rglob("*.tmp"))
 
 
+_OPENED: list[str] | None = None  # paths opened while a test listens (audit hooks cannot be removed)
+
+
+def _record_opens(event: str, args: tuple[object, ...]) -> None:
+    if _OPENED is not None and event == "open" and isinstance(args[0], str | bytes | os.PathLike):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+def test_export_links_a_stamped_file_without_reading_it(lab: Lab) -> None:
+    global _OPENED
+    (b0, *_) = lab.blobs
+    lab.fill(b0)
+    tree = lab.tmp / "tree"
+    sys.addaudithook(_record_opens)
+    _OPENED = []
+    try:
+        result = lab.cli("export", str(tree), "m0", "--json")
+        opened, _OPENED = _OPENED, None
+    finally:
+        _OPENED = None
+    assert result.exit_code == 0, result.stderr
+    assert [m["method"] for m in json.loads(result.stdout)["models"]] == ["linked"]
+    weights = [p for p in opened if f"/{b0.sha256}/" in p or Path(p).name == b0.filename]
+    assert weights == []  # its stamp vouches for the inode that the link shares
+    assert file_sha256(tree / b0.sha256 / b0.filename) == b0.sha256
+
+
 def test_export_all_cached_and_from_a_manifest(lab: Lab) -> None:
     lab.fill(*lab.blobs[:2])
     result = lab.cli("export", str(lab.tmp / "a"), "--all-cached")

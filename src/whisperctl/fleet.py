@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from .api import PathLike, open_context
-from .cache import LAYOUT_VERSION, STATE_DIRNAME, Cache, Status, atomic_write_text, new_file_mode
+from .cache import LAYOUT_VERSION, STATE_DIRNAME, Cache, Stamp, Status, atomic_write_text, new_file_mode
 from .errors import CacheError, IntegrityError, ManifestError, NotCachedError, UnknownModelError, UsageError
 from .hashing import CHUNK, sha256_file
 from .registry import NAME_PATTERN, ModelSpec, Registry, load_registry
@@ -238,15 +238,25 @@ def export_mirror(
     records: list[ExportRecord] = []
     try:
         for e in entries:
-            records.append(_export_one(e.spec, e.path, e.status == "verified", root))
+            records.append(_export_one(e.spec, e.path, e.stamp if e.status == "verified" else None, root))
     finally:
         sums = _write_sums(root, records)
     return ExportReport(root, sums, records)
 
 
-def _export_one(spec: ModelSpec, source: Path, stamped: bool, root: Path) -> ExportRecord:
+def _export_one(spec: ModelSpec, source: Path, stamp: Stamp | None, root: Path) -> ExportRecord:
+    """``stamp``: the cached file's, when it said verified; a file that is still the one it describes (same
+    device, inode, size and mtime) is not read again."""
     target = root / spec.sha256 / spec.filename
     src = source.stat()
+
+    def stamped(st: os.stat_result) -> bool:
+        return stamp is not None and (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (
+            src.st_dev,
+            stamp.inode,
+            stamp.size,
+            stamp.mtime_ns,
+        )
 
     def record(method: ExportMethod) -> ExportRecord:
         return ExportRecord(spec.name, spec.sha256, src.st_size, target, method)
@@ -255,7 +265,7 @@ def _export_one(spec: ModelSpec, source: Path, stamped: bool, root: Path) -> Exp
         target.parent.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             st = os.stat(target, follow_symlinks=False)
-            if stamped and (st.st_dev, st.st_ino) == (src.st_dev, src.st_ino):
+            if stamped(st):
                 return record("present")  # the cached file itself, and its stamp says verified
             if stat.S_ISREG(st.st_mode) and st.st_size == src.st_size and sha256_file(target) == spec.sha256:
                 return record("present")
@@ -268,7 +278,8 @@ def _export_one(spec: ModelSpec, source: Path, stamped: bool, root: Path) -> Exp
                 method = "copied"
                 digest = _copy_hashing(source, tmp)
             else:
-                digest = sha256_file(tmp)
+                # The cached file itself, still as its stamp describes it: not read again.
+                digest = spec.sha256 if stamped(os.stat(tmp)) else sha256_file(tmp)
             if digest != spec.sha256:
                 raise IntegrityError(
                     f"{spec.name}: {source} has SHA-256 {digest}, expected {spec.sha256}; it changed since "
