@@ -37,9 +37,9 @@ from .errors import (
     WhisperctlError,
     quoted,
 )
-from .hashing import CHUNK, sha256_file
+from .hashing import copy_hashing, sha256_file
 from .registry import ModelSpec
-from .transfer import TransferOptions, create_partial, fetch_url, make_client, write_at
+from .transfer import TransferOptions, create_partial, fetch_url, make_client, write_error
 
 __all__ = [
     "MIRROR_ENV",
@@ -248,8 +248,6 @@ async def _copy_from_directory(
     loop = asyncio.get_running_loop()
 
     def copy() -> tuple[str, int, int]:
-        import hashlib
-
         try:
             src = open(source, "rb", buffering=0)  # noqa: SIM115 - closed below
         except FileNotFoundError:
@@ -265,27 +263,19 @@ async def _copy_from_directory(
             fd = create_partial(part, state, size)
             try:
                 loop.call_soon_threadsafe(named.start, size, 0)
-                h = hashlib.sha256()
-                buf = bytearray(CHUNK)
-                offset = 0
-                while n := src.readinto(buf):
-                    view = memoryview(buf)[:n]
-                    h.update(view)
-                    write_at(fd, view, offset, part)
-                    offset += n
-                    loop.call_soon_threadsafe(named.advance, n)
+                digest, copied = copy_hashing(
+                    src.fileno(), fd, on_bytes=lambda n: loop.call_soon_threadsafe(named.advance, n)
+                )
                 os.fsync(fd)
-            except (OSError, CacheError) as exc:
+            except OSError as exc:
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
                     part.unlink()
-                if isinstance(exc, CacheError):
-                    raise
-                raise CacheError(f"{part}: write failed ({exc.strerror or exc})") from exc
+                raise write_error(exc, part) from exc
             except BaseException:
                 os.close(fd)
                 raise
-        return h.hexdigest(), offset, fd
+        return digest, copied, fd
 
     return await asyncio.to_thread(copy)
 
@@ -374,21 +364,14 @@ def _move_if_same(part: Path, private: Path, mine: os.stat_result) -> os.stat_re
 
 def _copy_verified(fd: int, dest: Path, digest: str) -> os.stat_result:
     """Copy the file open as ``fd`` to a new file ``dest``, fsynced; its stat, once its digest matched."""
-    import hashlib
-
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     out = os.open(dest, flags, 0o666)
     try:
-        h = hashlib.sha256()
-        offset = 0
-        while chunk := os.pread(fd, CHUNK, offset):
-            h.update(chunk)
-            write_at(out, chunk, offset, dest)
-            offset += len(chunk)
+        actual, _ = copy_hashing(fd, out)
         os.fsync(out)
-        if h.hexdigest() != digest:
+        if actual != digest:
             raise IntegrityError(
-                f"{dest}: the verified download changed on disk (SHA-256 {h.hexdigest()}, expected "
+                f"{dest}: the verified download changed on disk (SHA-256 {actual}, expected "
                 f"{digest}); check the cache filesystem and download again"
             )
         return os.fstat(out)

@@ -28,7 +28,7 @@ from typing import Literal
 from .api import PathLike, open_context
 from .cache import LAYOUT_VERSION, STATE_DIRNAME, Cache, Stamp, Status, atomic_write_text, new_file_mode
 from .errors import CacheError, IntegrityError, ManifestError, NotCachedError, UnknownModelError, UsageError
-from .hashing import CHUNK, sha256_file
+from .hashing import copy_hashing, sha256_file
 from .registry import NAME_PATTERN, ModelSpec, Registry, load_registry
 from .verify import verify_models
 
@@ -300,17 +300,11 @@ def _export_one(spec: ModelSpec, source: Path, stamp: Stamp | None, root: Path) 
 
 def _copy_hashing(source: Path, dest: Path) -> str:
     """Copy ``source`` to a new file ``dest`` (fsynced), hashing the bytes written; their SHA-256."""
-    h = hashlib.sha256()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     with open(source, "rb", buffering=0) as src, os.fdopen(os.open(dest, flags, 0o666), "wb") as out:
-        buf = bytearray(CHUNK)
-        while n := src.readinto(buf):
-            view = memoryview(buf)[:n]
-            h.update(view)
-            out.write(view)
-        out.flush()
+        digest, _ = copy_hashing(src.fileno(), out.fileno())
         os.fsync(out.fileno())
-    return h.hexdigest()
+    return digest
 
 
 def _fsync_dir(path: Path) -> None:

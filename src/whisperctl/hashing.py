@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-__all__ = ["CHUNK", "FollowingHasher", "hash_files", "sha256_file"]
+__all__ = ["CHUNK", "FollowingHasher", "copy_hashing", "hash_files", "sha256_file"]
 
 CHUNK = 4 * 1024 * 1024
 
@@ -29,6 +29,25 @@ def sha256_file(path: Path | str, *, on_bytes: Callable[[int], None] | None = No
             if on_bytes is not None:
                 on_bytes(n)
     return h.hexdigest()
+
+
+def copy_hashing(src: int, dst: int, *, on_bytes: Callable[[int], object] | None = None) -> tuple[str, int]:
+    """Copy the file open as ``src`` (from its start) into ``dst`` at the same offsets, 4 MiB at a time,
+    hashing the bytes on the way: their hex SHA-256 and their count. Read and write errors are the
+    ``OSError`` as raised; the caller says which file and why."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    offset = 0
+    while n := os.preadv(src, [buf], offset):
+        h.update(view[:n])
+        done = 0
+        while done < n:
+            done += os.pwrite(dst, view[done:n], offset + done)
+        offset += n
+        if on_bytes is not None:
+            on_bytes(n)
+    return h.hexdigest(), offset
 
 
 def hash_files(

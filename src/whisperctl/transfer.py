@@ -57,6 +57,7 @@ __all__ = [
     "is_disk_full",
     "make_client",
     "write_at",
+    "write_error",
 ]
 
 MiB = 1024 * 1024
@@ -381,10 +382,11 @@ def write_at(fd: int, data: bytes | memoryview, offset: int, part: Path) -> None
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
     except OSError as exc:
-        raise _write_error(exc, part) from exc
+        raise write_error(exc, part) from exc
 
 
-def _write_error(exc: OSError, part: Path) -> CacheError:
+def write_error(exc: OSError, part: Path) -> CacheError:
+    """The error for a failed write into ``part``: a full disk said as such (exit 6 either way)."""
     if is_disk_full(exc):
         return CacheError(
             f"{part}: the disk is full ({exc.strerror}); the partial file was removed; "
@@ -912,7 +914,7 @@ class _Transfer:
             try:
                 n = await body.splice_into(self.fd, seg.pos, room)
             except OSError as exc:
-                raise _write_error(exc, self.part) from exc
+                raise write_error(exc, self.part) from exc
             if n == 0:
                 return
             # While the splice waited for the socket, another worker may have taken this segment's tail:
