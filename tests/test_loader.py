@@ -252,6 +252,12 @@ def test_unstamped_file_is_hashed_and_a_wrong_one_refused(
     r = cli(*args, "load", "mini")
     assert r.exit_code == 4
     assert "does not match its digest" in r.stderr and "download --force mini" in r.stderr
+    wrong = sha256_hex(tiny.read_bytes())
+    assert f"got {wrong}" in r.stderr
+    r = cli(*args, "load", "mini")  # now from the stamp that recorded it (not hashed again)
+    assert r.exit_code == 4 and f"got {wrong}" in r.stderr
+    r = cli(*args, "load", "mini", "--verify")  # --verify always hashes
+    assert r.exit_code == 4 and f"got {wrong}" in r.stderr
 
 
 def test_official_name_gets_the_official_alignment_heads(tiny: Path, cache_dir: Path) -> None:
