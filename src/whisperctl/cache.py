@@ -79,6 +79,10 @@ class Stamp:
         return (self.size, self.mtime_ns, self.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _filename(spec: ModelSpec | str) -> str:
+    return spec if isinstance(spec, str) else spec.filename
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """A model's state in the cache."""
@@ -105,20 +109,26 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
 
-    def path_for(self, spec: ModelSpec) -> Path:
-        return self.root / spec.filename
+    # The paths of a model's files, for its spec or its file name (a file left by a model no longer in the
+    # registry has only a name).
+    def path_for(self, spec: ModelSpec | str) -> Path:
+        return self.root / _filename(spec)
 
-    def partial_path(self, spec: ModelSpec) -> Path:
-        return self.root / f"{spec.filename}.part"
+    def partial_path(self, spec: ModelSpec | str) -> Path:
+        return self.root / f"{_filename(spec)}.part"
 
-    def partial_state_path(self, spec: ModelSpec) -> Path:
-        return self.root / f"{spec.filename}.part.json"
+    def partial_state_path(self, spec: ModelSpec | str) -> Path:
+        return self.root / f"{_filename(spec)}.part.json"
 
-    def stamp_path(self, spec: ModelSpec) -> Path:
-        return self.state_dir / "stamps" / f"{spec.filename}.json"
+    def stamp_path(self, spec: ModelSpec | str) -> Path:
+        return self.state_dir / "stamps" / f"{_filename(spec)}.json"
 
-    def lock_path(self, spec: ModelSpec) -> Path:
-        return self.state_dir / "locks" / f"{spec.filename}.lock"
+    def lock_path(self, spec: ModelSpec | str) -> Path:
+        return self.state_dir / "locks" / f"{_filename(spec)}.lock"
+
+    def owner_path(self, spec: ModelSpec | str) -> Path:
+        """The note in which a lock's holder says who it is."""
+        return self.state_dir / "locks" / f"{_filename(spec)}.owner"
 
     def lock(self, spec: ModelSpec) -> filelock.BaseFileLock:
         """The model's cross-process lock (not yet acquired); its file gets the umask's permissions."""
@@ -130,9 +140,8 @@ class Cache:
 
     def lock_holder(self, spec: ModelSpec | str) -> str:
         """Who holds a model's lock (or a file name's), as the holder recorded it; else "another process"."""
-        filename = spec if isinstance(spec, str) else spec.filename
         try:
-            holder = json.loads((self.state_dir / "locks" / f"{filename}.owner").read_text("utf-8"))
+            holder = json.loads(self.owner_path(spec).read_text("utf-8"))
             return f"process {holder['pid']} on {holder['host']}"
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"

@@ -198,7 +198,7 @@ async def _model_lock(run: _Run, spec: ModelSpec):  # type: ignore[no-untyped-de
     made unwritable), the download goes on without it: the lock only saves bandwidth, the digest check and
     the atomic rename keep the cache correct.
     """
-    owner_path = run.cache.lock_path(spec).with_suffix(".owner")
+    owner_path = run.cache.owner_path(spec)
     told = False
     try:
         lock = run.cache.lock(spec)

@@ -358,14 +358,13 @@ class RemoveRecord:
 
 def _files_of(cache: Cache, filename: str) -> list[Path]:
     """Every path whisperctl may keep for a model file, the lock last."""
-    locks = cache.state_dir / "locks"
     return [
-        cache.root / filename,
-        cache.root / f"{filename}.part",
-        cache.root / f"{filename}.part.json",
-        cache.state_dir / "stamps" / f"{filename}.json",
-        locks / f"{filename}.owner",
-        locks / f"{filename}.lock",
+        cache.path_for(filename),
+        cache.partial_path(filename),
+        cache.partial_state_path(filename),
+        cache.stamp_path(filename),
+        cache.owner_path(filename),
+        cache.lock_path(filename),
     ]
 
 
@@ -378,7 +377,7 @@ def _unless_locked(cache: Cache, filename: str, *, create: bool = True) -> Itera
     """
     import filelock
 
-    path = cache.state_dir / "locks" / f"{filename}.lock"
+    path = cache.lock_path(filename)
     lock: filelock.BaseFileLock | None = None
     holder: str | None = None
     if create or path.exists():  # nobody can hold a lock whose file does not exist
@@ -528,10 +527,10 @@ def prune(
         return True
 
     for filename in sorted(known):
-        partials = [cache.root / f"{filename}.part", cache.root / f"{filename}.part.json"]
+        partials = [cache.partial_path(filename), cache.partial_state_path(filename)]
         if not any(p.exists() for p in partials):
             continue
-        lock_files = [cache.state_dir / "locks" / f"{filename}{s}" for s in (".owner", ".lock")]
+        lock_files = [cache.owner_path(filename), cache.lock_path(filename)]
         had_lock = [p for p in lock_files if p.exists()]
         with _unless_locked(cache, filename, create=not dry_run) as holder:
             handled.add(filename)
@@ -571,14 +570,12 @@ def prune(
         elif filename in handled:
             continue
         elif suffix == "owner":
-            if not (locks / f"{filename}.lock").exists():
+            if not cache.lock_path(filename).exists():
                 take(path, "lock", "the owner note of a lock that is gone")
         else:
             with _unless_locked(cache, filename, create=False) as holder:
                 if holder is None:
-                    take(
-                        locks / f"{filename}.owner", "lock", "the owner note of a lock that no process holds"
-                    )
+                    take(cache.owner_path(filename), "lock", "the owner note of a lock that no process holds")
                     take(path, "lock", "a lock that no process holds")
     return report
 
@@ -623,7 +620,7 @@ def disk_usage(
     attributed = {STATE_DIRNAME}
     for spec in reg:
         entry = cache.entry(spec)
-        part = sum(_size(cache.root / f"{spec.filename}{s}") or 0 for s in (".part", ".part.json"))
+        part = sum(_size(p) or 0 for p in (cache.partial_path(spec), cache.partial_state_path(spec)))
         attributed.update({spec.filename, f"{spec.filename}.part", f"{spec.filename}.part.json"})
         if entry.size_on_disk is not None or part:
             models.append(UsageEntry(spec.name, spec.filename, entry.status, entry.size_on_disk or 0, part))
