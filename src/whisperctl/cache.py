@@ -256,6 +256,15 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the renames in a directory durable (``OSError`` where the platform or filesystem cannot)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import filelock
 import httpx
 
-from .cache import Cache
+from .cache import Cache, fsync_dir
 from .errors import (
     CacheError,
     IntegrityError,
@@ -308,11 +308,7 @@ def _finalize(run: _Run, spec: ModelSpec, digest: str, fd: int) -> str | None:
     warning = None
     try:
         # The rename itself must survive a power loss, or the stamp could outlive the file it describes.
-        dir_fd = os.open(cache.root, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(cache.root)
         cache.write_stamp(spec, st, digest)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Literal
 
 from .api import PathLike, open_context
-from .cache import LAYOUT_VERSION, STATE_DIRNAME, Cache, Stamp, Status, atomic_write_text, new_file_mode
+from .cache import (
+    LAYOUT_VERSION,
+    STATE_DIRNAME,
+    Cache,
+    Stamp,
+    Status,
+    atomic_write_text,
+    fsync_dir,
+    new_file_mode,
+)
 from .errors import CacheError, IntegrityError, ManifestError, NotCachedError, UnknownModelError, UsageError
 from .hashing import copy_hashing, sha256_file
 from .registry import NAME_PATTERN, ModelSpec, Registry, load_registry
@@ -289,7 +298,8 @@ def _export_one(spec: ModelSpec, source: Path, stamp: Stamp | None, root: Path) 
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-        _fsync_dir(target.parent)
+        with contextlib.suppress(OSError):  # not every platform or filesystem can fsync a directory
+            fsync_dir(target.parent)
     except OSError as exc:
         raise CacheError(
             f"{target}: cannot write the export ({exc.strerror or exc}); check the destination's permissions "
@@ -305,15 +315,6 @@ def _copy_hashing(source: Path, dest: Path) -> str:
         digest, _ = copy_hashing(src.fileno(), out.fileno())
         os.fsync(out.fileno())
     return digest
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform or filesystem can fsync a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _write_sums(root: Path, records: Sequence[ExportRecord]) -> Path:
