@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import threading
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,14 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_registry(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -58,3 +69,57 @@ class Sleeps:
         if self.then:
             self.then.pop(0)()
         await asyncio.sleep(min(delay, self.cap))
+
+
+class FinalGuard:
+    """Polls a cache directory from a thread and hashes every new file under a final ``*.pt`` name.
+
+    "The lock is for efficiency, the hash is for correctness": whatever happens on the network, what sits
+    under a model's final name must be a file whose digest the test allowed for it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.allowed: dict[str, set[str]] = defaultdict(set)
+        self.violations: list[str] = []
+        self._seen: dict[str, tuple[int, int, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="final-guard", daemon=True)
+        self._thread.start()
+
+    def allow(self, filename: str, digest: str) -> None:
+        with self._lock:
+            self.allowed[filename].add(digest)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.005):
+            self.scan()
+
+    def scan(self) -> None:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not name.endswith(".pt"):
+                continue
+            path = self.root / name
+            try:
+                st = path.stat()
+                key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                if self._seen.get(name) == key:
+                    continue
+                digest = file_sha256(path)
+            except FileNotFoundError:
+                continue
+            self._seen[name] = key
+            with self._lock:
+                if digest not in self.allowed[name]:
+                    self.violations.append(f"{name} appeared with SHA-256 {digest}")
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join()
+        self.scan()
+        return self.violations

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hashlib
 import itertools
 import json
 import os
@@ -40,7 +39,7 @@ from whisperctl.download import DownloadRecord, download_models
 from whisperctl.registry import ModelSpec, load_registry
 from whisperctl.transfer import TransferOptions
 
-from .helpers import Cli, Result, Sleeps, sha256_hex
+from .helpers import Cli, FinalGuard, Result, Sleeps, file_sha256, sha256_hex
 from .httpserver import HTTPServer, RequestRecord, TLSUnavailableError
 
 KiB = 1024
@@ -48,7 +47,7 @@ MiB = 1024 * KiB
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused
 
 
-# -- test doubles that are not mocks: a recording progress, a watcher of the cache (and Sleeps, in helpers) --
+# -- test doubles that are not mocks: a recording progress (Sleeps and FinalGuard are in helpers) ---------
 class Progress:
     """A ``DownloadProgress`` that records what it is told."""
 
@@ -69,68 +68,6 @@ class Progress:
 
     def finish(self, record: DownloadRecord) -> None:
         self.finished.append(record)
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class FinalGuard:
-    """Polls a cache directory from a thread and hashes every new file under a final ``*.pt`` name.
-
-    "The lock is for efficiency, the hash is for correctness": whatever happens on the network, what sits
-    under a model's final name must be a file whose digest the test allowed for it.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.allowed: dict[str, set[str]] = defaultdict(set)
-        self.violations: list[str] = []
-        self._seen: dict[str, tuple[int, int, int]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="final-guard", daemon=True)
-        self._thread.start()
-
-    def allow(self, filename: str, digest: str) -> None:
-        with self._lock:
-            self.allowed[filename].add(digest)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.005):
-            self.scan()
-
-    def scan(self) -> None:
-        try:
-            names = os.listdir(self.root)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if not name.endswith(".pt"):
-                continue
-            path = self.root / name
-            try:
-                st = path.stat()
-                key = (st.st_ino, st.st_mtime_ns, st.st_size)
-                if self._seen.get(name) == key:
-                    continue
-                digest = _file_sha256(path)
-            except FileNotFoundError:
-                continue
-            self._seen[name] = key
-            with self._lock:
-                if digest not in self.allowed[name]:
-                    self.violations.append(f"{name} appeared with SHA-256 {digest}")
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        self._thread.join()
-        self.scan()
-        return self.violations
 
 
 # -- the lab: a server, a cache and a user registry ----------------------------------------------------------
@@ -331,7 +268,7 @@ class Lab:
         return gets
 
     def assert_verified(self, model: Model) -> None:
-        assert _file_sha256(self.final(model)) == model.sha256
+        assert file_sha256(self.final(model)) == model.sha256
         assert self.entry(model).status == "verified"
         assert not self.part(model).exists()
         assert not self.sidecar(model).exists()

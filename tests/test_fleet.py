@@ -23,7 +23,7 @@ from whisperctl.cache import Cache
 from whisperctl.fleet import parse_manifest, read_manifest
 from whisperctl.registry import ModelSpec, load_registry
 
-from .helpers import Cli, Result, sha256_hex
+from .helpers import Cli, Result, file_sha256, sha256_hex
 from .httpserver import HTTPServer
 
 KiB = 1024
@@ -71,10 +71,6 @@ def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env.update(PYTHONPATH=os.pathsep.join(sys.path), NO_COLOR="1", NO_PROXY="127.0.0.1", **extra)
     return env
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # -- shared caches -------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ verify`` confirms, with no partial file or sidecar left behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -27,7 +26,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from collections import Counter
@@ -36,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import Cli, Sleeps
+from tests.helpers import Cli, FinalGuard, Sleeps, file_sha256, sha256_hex
 from tests.httpserver import HTTPServer
 from whisperctl import api
 from whisperctl.transfer import TransferOptions
@@ -66,54 +64,6 @@ class Ending:
     @property
     def killed(self) -> bool:
         return self.code is None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(MiB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class Guard:
-    """Hashes every new file under the final name while the trial runs (see tests/test_download.py)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.allowed: set[str] = set()
-        self.violations: list[str] = []
-        self._seen: tuple[int, int, int] | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="chaos-guard", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.005):
-            self.scan()
-
-    def scan(self) -> None:
-        try:
-            st = self.path.stat()
-            key = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if key == self._seen:
-                return
-            digest = file_sha256(self.path)
-        except OSError:
-            return
-        self._seen = key
-        if digest not in self.allowed:
-            self.violations.append(f"{self.path.name} appeared with SHA-256 {digest}")
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        self._thread.join()
-        self.scan()
-        return self.violations
 
 
 def _snapshot(root: Path, skip: set[Path]) -> dict[str, tuple[int, int]]:
@@ -174,7 +124,7 @@ class Trial:
         self.marker = self.root / "marker"
         self.scratch = self.root / "scratch"  # the trial's own work space (mount probes)
         self.scratch.mkdir()
-        self.guard = Guard(self.cache_dir / FILENAME)
+        self.guard = FinalGuard(self.cache_dir)
         self.sleeps = Sleeps(cap=0.02)  # real back-offs, shortened
         self.data = b""
         self.sized = True
@@ -196,7 +146,7 @@ class Trial:
         if sized:
             lines.append(f"size = {len(data)}")
         self.registry.write_text("\n".join(lines) + "\n", "utf-8")
-        self.guard.allowed.add(sha256_hex(data))
+        self.guard.allow(FILENAME, sha256_hex(data))
         self._outside = self._outside_snapshot()  # the trial's own writes are not the product's
 
     @property
@@ -307,7 +257,7 @@ class Trial:
             digest = file_sha256(final)
         except OSError:
             return None
-        return digest if digest in self.guard.allowed else None
+        return digest if digest in self.guard.allowed[FILENAME] else None
 
     def _after_run(self, ending: Ending, verified_before: str | None) -> None:
         self.endings.append(ending)
@@ -349,7 +299,7 @@ class Trial:
             digest: str | None = file_sha256(final)
         except FileNotFoundError:
             digest = None
-        if digest is not None and digest not in self.guard.allowed:
+        if digest is not None and digest not in self.guard.allowed[FILENAME]:
             self.lost_or_corrupt.append(f"{FILENAME} is in the cache with SHA-256 {digest}")
         if verified_before is not None and digest is None:
             self.lost_or_corrupt.append(f"the verified {FILENAME} was lost")
