@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 # on a fresh venv pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 # The reference implementation, for conformance tests and benchmarks only. Its model and loader need
-# these four; --no-deps keeps it from pulling triton.
+# these four; --no-deps keeps it from pulling triton (a GPU compiler the CPU tests never use).
 WHISPER_SPEC ?= openai-whisper==20250625
 WHISPER_DEPS ?= tiktoken numba more-itertools tqdm
 STAMP := $(VENV)/.installed
@@ -29,9 +29,10 @@ install: $(STAMP) ## Build .venv: pinned CPU torch, whisperctl (editable) with t
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet -e '.[torch,test]'
+	$(PIP) install --quiet -e '.[torch,test]' $(WHISPER_DEPS)
+	@# Last, and alone: with --no-deps pip checks nothing, so it has no missing triton to complain about.
+	@# Any later plain `pip install` into this venv would see openai-whisper's triton requirement again.
 	$(PIP) install --quiet --no-deps $(WHISPER_SPEC)
-	$(PIP) install --quiet $(WHISPER_DEPS)
 	@touch $@
 
 demo: install ## Run the main job end to end on the built-in offline demo

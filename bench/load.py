@@ -4,9 +4,9 @@
 
 Checkpoints with the official dims are generated once in the work dir (``.bench/load/`` by default) in the
 official format (``{"dims": ..., "model_state_dict": {key: fp16 tensor}}``, ``torch.save``), with random
-values, tensor by tensor from :func:`whisperctl.dims.state_dict_shapes` (in a child process). The file name
-carries a hash of the dims; a file is reused when whisperctl's checkpoint reader finds those dims and the
-tensors they need, all fp16, and generated again otherwise. Every load runs in a fresh process:
+values, tensor by tensor from :func:`whisperctl.models.dims.state_dict_shapes` (in a child process). The
+file name carries a hash of the dims; a file is reused when whisperctl's checkpoint reader finds those dims
+and the tensors they need, all fp16, and generated again otherwise. Every load runs in a fresh process:
 
 - ``whisper.load_model(path, device=D)`` (it returns float32);
 - ``whisperctl.load_model(path, device=D)`` (float32, as openai-whisper), with ``dtype="fp16"``, and with
@@ -132,7 +132,7 @@ print(json.dumps({
 # A checkpoint in the official format, tensor by tensor in fp16: the peak is the fp16 file itself.
 GENERATE = r"""
 import json, sys, torch
-from whisperctl.dims import ModelDimensions, state_dict_shapes
+from whisperctl.models.dims import ModelDimensions, state_dict_shapes
 dims = json.loads(sys.argv[1])
 generator = torch.Generator().manual_seed(0)
 state = {}
@@ -162,22 +162,22 @@ class BenchError(Exception):
 
 # -- checkpoints ---------------------------------------------------------------------------------------------
 def official_dims(name: str) -> dict[str, int]:
-    from whisperctl._official import OFFICIAL
-    from whisperctl.dims import DIMS_FIELDS
+    from whisperctl.models._official import OFFICIAL
+    from whisperctl.models.dims import DIMS_FIELDS
 
     return dict(zip(DIMS_FIELDS, OFFICIAL[MODELS[name]][3], strict=True))
 
 
 def expected_parameters(name: str) -> int:
-    from whisperctl.dims import ModelDimensions, count_parameters
+    from whisperctl.models.dims import ModelDimensions, count_parameters
 
     return count_parameters(ModelDimensions(**official_dims(name))).total
 
 
 def _valid(path: Path, dims: dict[str, int]) -> bool:
     """Whether an existing file has these dims, the tensors they need, all fp16 (read without torch)."""
-    from whisperctl.checkpoint import check_tensors, read_checkpoint
     from whisperctl.errors import WhisperctlError
+    from whisperctl.models.checkpoint import check_tensors, read_checkpoint
 
     try:
         ckpt = read_checkpoint(path)
@@ -636,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     low_memory: list[str] = []
     # Import caches (bytecode, shared libraries) are warmed too: the first `import whisper` is seconds slower.
     for cmd in (
-        [sys.executable, "-c", "import whisper, whisperctl.loader"],
+        [sys.executable, "-c", "import whisper, whisperctl.models.loader"],
         [str(BIN / "whisperctl"), "--help"],
     ):
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)

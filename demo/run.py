@@ -72,8 +72,8 @@ class RangeHandler(SimpleHTTPRequestHandler):
 def make_checkpoint(path: Path) -> str:
     import torch
 
-    from whisperctl.model import Whisper
-    from whisperctl.registry import Registry
+    from whisperctl.models.registry import Registry
+    from whisperctl.models.transformer import Whisper
 
     dims = Registry().get("tiny").dims
     assert dims is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from whisperctl.cli import app
+from whisperctl.cli.app import app
 
 
 @dataclass

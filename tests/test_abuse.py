@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from whisperctl import api
-from whisperctl.transfer import TransferOptions
+from whisperctl.fetch.transfer import TransferOptions
 
 from .helpers import Cli, Result, sha256_hex
 from .httpserver import HTTPServer, TLSUnavailableError

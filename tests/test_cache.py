@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from whisperctl.cache import Cache, default_cache_dir, resolve_cache_dir
 from whisperctl.errors import CacheError
-from whisperctl.registry import ModelSpec, Registry
+from whisperctl.models.registry import ModelSpec, Registry
+from whisperctl.store.cache import Cache, default_cache_dir, resolve_cache_dir
 
 from .helpers import sha256_hex
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from whisperctl import __version__
-from whisperctl.cache import Cache
+from whisperctl._version import __version__
 from whisperctl.errors import (
     CacheError,
     DeviceError,
@@ -21,7 +20,8 @@ from whisperctl.errors import (
     UsageError,
     WhisperctlError,
 )
-from whisperctl.registry import Registry
+from whisperctl.models.registry import Registry
+from whisperctl.store.cache import Cache
 
 from .helpers import Cli, sha256_hex, write_registry
 
@@ -136,7 +136,7 @@ def test_every_status_in_json(cli: Cli, cache_dir: Path, user_model: tuple[Path,
 
 
 def cache_registry(path: Path) -> Registry:
-    from whisperctl.registry import load_registry
+    from whisperctl.models.registry import load_registry
 
     return load_registry(path)
 

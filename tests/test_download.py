@@ -33,11 +33,12 @@ from typing import Any
 import httpx
 import pytest
 
-from whisperctl import api, wire
-from whisperctl.cache import Cache, CacheEntry
-from whisperctl.download import DownloadRecord, download_models
-from whisperctl.registry import ModelSpec, load_registry
-from whisperctl.transfer import TransferOptions
+from whisperctl import api
+from whisperctl.fetch import wire
+from whisperctl.fetch.download import DownloadRecord, download_models
+from whisperctl.fetch.transfer import TransferOptions
+from whisperctl.models.registry import ModelSpec, load_registry
+from whisperctl.store.cache import Cache, CacheEntry
 
 from .helpers import Cli, FinalGuard, Result, Sleeps, file_sha256, sha256_hex
 from .httpserver import HTTPServer, RequestRecord, TLSUnavailableError

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from whisperctl import api
-from whisperctl.cache import Cache
-from whisperctl.fleet import parse_manifest, read_manifest
-from whisperctl.registry import ModelSpec, load_registry
+from whisperctl.api.fleet import parse_manifest, read_manifest
+from whisperctl.models.registry import ModelSpec, load_registry
+from whisperctl.store.cache import Cache
 
 from .helpers import Cli, Result, file_sha256, sha256_hex
 from .httpserver import HTTPServer

@@ -18,11 +18,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import whisperctl  # noqa: E402
-from whisperctl.cache import Cache  # noqa: E402
-from whisperctl.checkpoint import read_checkpoint  # noqa: E402
-from whisperctl.dims import ModelDimensions, count_parameters, state_dict_shapes  # noqa: E402
 from whisperctl.errors import DeviceError, IntegrityError, NotCachedError, UsageError  # noqa: E402
-from whisperctl.registry import Registry  # noqa: E402
+from whisperctl.models.checkpoint import read_checkpoint  # noqa: E402
+from whisperctl.models.dims import ModelDimensions, count_parameters, state_dict_shapes  # noqa: E402
+from whisperctl.models.registry import Registry  # noqa: E402
+from whisperctl.store.cache import Cache  # noqa: E402
 
 from .helpers import Cli, sha256_hex, write_registry  # noqa: E402
 from .httpserver import HTTPServer  # noqa: E402
@@ -415,7 +415,7 @@ def test_info_reads_no_weights_and_imports_no_torch(tiny: Path) -> None:
     code = textwrap.dedent(
         f"""
         import sys
-        from whisperctl.cli import app
+        from whisperctl.cli.app import app
         try:
             app(["info", {str(tiny)!r}], prog_name="whisperctl")
         except SystemExit as exc:
@@ -452,7 +452,7 @@ def test_code_running_pickle_is_refused_and_never_runs(tmp_path: Path, cli: Cli)
         assert len(r.stderr.strip().splitlines()) == 1
     assert not marker.exists()
     # PyTorch's own weights-only loader, the second line of defence, refuses it too.
-    from whisperctl.loader import _torch_load
+    from whisperctl.models.loader import _torch_load
 
     with pytest.raises(IntegrityError, match="refused by PyTorch"):
         _torch_load(path, in_memory=False)

@@ -13,10 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from whisperctl import dims as dims_module  # noqa: E402
-from whisperctl.dims import ModelDimensions, count_parameters  # noqa: E402
-from whisperctl.model import MultiHeadAttention, Whisper, disable_sdpa, sinusoids  # noqa: E402
-from whisperctl.registry import Registry  # noqa: E402
+from whisperctl.models import dims as dims_module  # noqa: E402
+from whisperctl.models.dims import ModelDimensions, count_parameters  # noqa: E402
+from whisperctl.models.registry import Registry  # noqa: E402
+from whisperctl.models.transformer import MultiHeadAttention, Whisper, disable_sdpa, sinusoids  # noqa: E402
 
 TINY = Registry().get("tiny").dims
 # Not square: head sizes, depths and contexts differ between audio and text, and the text context is
@@ -66,7 +66,7 @@ def pair(request: pytest.FixtureRequest) -> tuple[Any, Whisper, ModelDimensions]
 
 
 def test_model_dimensions_is_re_exported() -> None:
-    from whisperctl import model
+    from whisperctl.models import transformer as model
 
     assert model.ModelDimensions is dims_module.ModelDimensions
 
@@ -210,8 +210,8 @@ def test_meta_build_does_not_import_dynamo() -> None:
     code = textwrap.dedent(
         """
         import sys
-        from whisperctl.model import Whisper
-        from whisperctl.registry import Registry
+        from whisperctl.models.transformer import Whisper
+        from whisperctl.models.registry import Registry
         model = Whisper(Registry().get("large-v3").dims, device="meta")
         print(sorted(m for m in sys.modules if m.startswith("torch._dynamo")))
         """

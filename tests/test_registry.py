@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from whisperctl.dims import DIMS_FIELDS, ModelDimensions, count_parameters
 from whisperctl.errors import RegistryError, UnknownModelError
-from whisperctl.registry import Registry, decode_alignment_heads, default_registry_path, load_registry
+from whisperctl.models.dims import DIMS_FIELDS, ModelDimensions, count_parameters
+from whisperctl.models.registry import Registry, decode_alignment_heads, default_registry_path, load_registry
 
 from .helpers import Cli, write_registry
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from whisperctl import api
-from whisperctl.cache import Cache
-from whisperctl.registry import ModelSpec, load_registry
+from whisperctl.models.registry import ModelSpec, load_registry
+from whisperctl.store.cache import Cache
 
 from .helpers import Cli, Result, sha256_hex, write_registry
 from .httpserver import HTTPServer

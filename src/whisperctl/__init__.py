@@ -5,20 +5,26 @@ The library is quiet (it never prints) and typed; the ``whisperctl`` command is 
 
 from __future__ import annotations
 
-from .api import (
+from whisperctl._version import __version__
+from whisperctl.api import (
     CheckpointInfo,
+    cache_key,
+    disk_usage,
     download,
+    export_mirror,
+    freeze,
     inspect,
     list_models,
     load,
     load_model,
     model_info,
     model_path,
+    prune,
+    read_manifest,
+    remove_models,
     verify,
 )
-from .cache import Cache, CacheEntry, Stamp, default_cache_dir, resolve_cache_dir
-from .dims import ModelDimensions, ParameterCounts, count_parameters
-from .errors import (
+from whisperctl.errors import (
     CacheError,
     DeviceError,
     DownloadError,
@@ -30,10 +36,9 @@ from .errors import (
     UsageError,
     WhisperctlError,
 )
-from .fleet import cache_key, disk_usage, export_mirror, freeze, prune, read_manifest, remove_models
-from .registry import ModelSpec, Registry, load_registry
-
-__version__ = "0.1.0"
+from whisperctl.models.dims import ModelDimensions, ParameterCounts, count_parameters
+from whisperctl.models.registry import ModelSpec, Registry, load_registry
+from whisperctl.store.cache import Cache, CacheEntry, Stamp, default_cache_dir, resolve_cache_dir
 
 __all__ = [
     "Cache",

@@ -1,6 +1,6 @@
 """``python -m whisperctl``."""
 
-from whisperctl.cli import main
+from whisperctl.cli.app import main
 
 if __name__ == "__main__":
     main()

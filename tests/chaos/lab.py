@@ -37,7 +37,7 @@ from typing import Any
 from tests.helpers import Cli, FinalGuard, Sleeps, file_sha256, sha256_hex
 from tests.httpserver import HTTPServer
 from whisperctl import api
-from whisperctl.transfer import TransferOptions
+from whisperctl.fetch.transfer import TransferOptions
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -23,8 +23,8 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from .dims import ModelDimensions, count_parameters, state_dict_shapes
-from .errors import IntegrityError
+from whisperctl.errors import IntegrityError
+from whisperctl.models.dims import ModelDimensions, count_parameters, state_dict_shapes
 
 __all__ = ["Checkpoint", "TensorMeta", "check_size", "check_tensors", "read_checkpoint"]
 

@@ -25,8 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .api import PathLike, open_context
-from .cache import (
+from whisperctl.api.models import PathLike, open_context
+from whisperctl.errors import (
+    CacheError,
+    IntegrityError,
+    ManifestError,
+    NotCachedError,
+    UnknownModelError,
+    UsageError,
+)
+from whisperctl.models.registry import NAME_PATTERN, ModelSpec, Registry, load_registry
+from whisperctl.store.cache import (
     LAYOUT_VERSION,
     STATE_DIRNAME,
     Cache,
@@ -36,10 +45,8 @@ from .cache import (
     fsync_dir,
     new_file_mode,
 )
-from .errors import CacheError, IntegrityError, ManifestError, NotCachedError, UnknownModelError, UsageError
-from .hashing import copy_hashing, sha256_file
-from .registry import NAME_PATTERN, ModelSpec, Registry, load_registry
-from .verify import verify_models
+from whisperctl.store.hashing import copy_hashing, sha256_file
+from whisperctl.store.verify import verify_models
 
 __all__ = [
     "KEY_PREFIX",

@@ -30,9 +30,9 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from ._official import ALIASES, BASE_URL, OFFICIAL, RELEASE
-from .dims import DIMS_FIELDS, ModelDimensions, ParameterCounts, count_parameters
-from .errors import RegistryError, UnknownModelError, quoted
+from whisperctl.errors import RegistryError, UnknownModelError, quoted
+from whisperctl.models._official import ALIASES, BASE_URL, OFFICIAL, RELEASE
+from whisperctl.models.dims import DIMS_FIELDS, ModelDimensions, ParameterCounts, count_parameters
 
 if sys.version_info >= (3, 11):
     import tomllib

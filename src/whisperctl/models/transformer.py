@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dims import ModelDimensions
+from whisperctl.models.dims import ModelDimensions
 
 __all__ = [
     "AudioEncoder",

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .cache import Cache
-from .hashing import hash_files
-from .registry import ModelSpec
+from whisperctl.models.registry import ModelSpec
+from whisperctl.store.cache import Cache
+from whisperctl.store.hashing import hash_files
 
 __all__ = ["VerifyRecord", "VerifyStatus", "verify_models"]
 

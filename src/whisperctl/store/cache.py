@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import CacheError
-from .registry import ModelSpec
+from whisperctl.errors import CacheError
+from whisperctl.models.registry import ModelSpec
 
 if TYPE_CHECKING:
     import filelock  # imported when a lock is taken: `list` and `path` start without it

@@ -3,7 +3,7 @@
 The steps, each timed in the :class:`LoadReport`:
 
 ``open``
-    :func:`whisperctl.checkpoint.read_checkpoint` reads the zip directory and the pickle (no weights) with
+    :func:`.checkpoint.read_checkpoint` reads the zip directory and the pickle (no weights) with
     an unpickler that knows only tensors and plain data, and every disagreement between ``dims`` and the
     tensors is reported in one message, before anything is allocated. Then ``torch.load(weights_only=True,
     mmap=True)`` maps the file: the state dict's tensors are views of the page cache, read on first touch.
@@ -40,9 +40,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Checkpoint, check_tensors, read_checkpoint
-from .dims import ParameterCounts
-from .errors import DeviceError, IntegrityError, UsageError
+from whisperctl.errors import DeviceError, IntegrityError, UsageError
+from whisperctl.models.checkpoint import Checkpoint, check_tensors, read_checkpoint
+from whisperctl.models.dims import ParameterCounts
 
 __all__ = [
     "DTYPES",
@@ -108,7 +108,7 @@ class LoadReport:
 
 @dataclass
 class Loaded:
-    model: Any  # whisperctl.model.Whisper, or whisper.model.Whisper with into="whisper"
+    model: Any  # whisperctl.models.transformer.Whisper, or whisper.model.Whisper with into="whisper"
     report: LoadReport
 
 
@@ -246,7 +246,7 @@ def _build(ckpt: Checkpoint, into: Into) -> nn.Module:
             ) from None
         with _SkipInit():
             return wm.Whisper(wm.ModelDimensions(**ckpt.dims.as_dict()))
-    from .model import Whisper
+    from whisperctl.models.transformer import Whisper
 
     return Whisper(ckpt.dims, device="meta")
 

@@ -27,8 +27,7 @@ from urllib.parse import unquote, urlsplit
 import filelock
 import httpx
 
-from .cache import Cache, fsync_dir
-from .errors import (
+from whisperctl.errors import (
     CacheError,
     IntegrityError,
     NetworkError,
@@ -37,9 +36,10 @@ from .errors import (
     WhisperctlError,
     quoted,
 )
-from .hashing import copy_hashing, sha256_file
-from .registry import ModelSpec
-from .transfer import TransferOptions, create_partial, fetch_url, make_client, write_error
+from whisperctl.fetch.transfer import TransferOptions, create_partial, fetch_url, make_client, write_error
+from whisperctl.models.registry import ModelSpec
+from whisperctl.store.cache import Cache, fsync_dir
+from whisperctl.store.hashing import copy_hashing, sha256_file
 
 __all__ = [
     "MIRROR_ENV",

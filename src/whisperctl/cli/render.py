@@ -25,15 +25,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .cache import CacheEntry
-from .dims import count_parameters
+from whisperctl.models.dims import count_parameters
+from whisperctl.store.cache import CacheEntry
 
 if TYPE_CHECKING:
-    from .api import CheckpointInfo
-    from .download import DownloadRecord
-    from .fleet import CacheKey, DiskUsage, ExportReport, Freeze, PruneReport, RemoveRecord
-    from .loader import LoadReport
-    from .verify import VerifyRecord
+    from whisperctl.api import CheckpointInfo
+    from whisperctl.api.fleet import CacheKey, DiskUsage, ExportReport, Freeze, PruneReport, RemoveRecord
+    from whisperctl.fetch.download import DownloadRecord
+    from whisperctl.models.loader import LoadReport
+    from whisperctl.store.verify import VerifyRecord
 
 __all__ = [
     "Bars",

@@ -3,11 +3,11 @@
 A transfer asks for ``Range: bytes=0-`` first. A 206 answer tells the size and that ranges work: the file is
 then split into pieces of at most ``piece_size`` that several connections take in order, each written in place
 with ``pwrite`` into one preallocated file. A worker that finds no piece left takes half of the largest
-remaining one, so a slow connection does not hold up the end. A :class:`~whisperctl.hashing.FollowingHasher`
+remaining one, so a slow connection does not hold up the end. A :class:`~store.hashing.FollowingHasher`
 hashes the contiguous prefix as it grows; since pieces are taken in order, that prefix grows steadily and the
 digest is ready moments after the last byte lands.
 
-On direct connections the bodies are read by :mod:`whisperctl.wire`, a lean HTTP/1.1 reader, straight into a
+On direct connections the bodies are read by :mod:`.wire`, a lean HTTP/1.1 reader, straight into a
 reusable buffer; through a proxy (or with a client passed in by the caller), by httpx.
 
 Every few seconds the data is flushed (``fdatasync``) and then a small JSON sidecar records which bytes are
@@ -42,11 +42,11 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
-from . import __version__
-from .cache import atomic_write_text
-from .errors import CacheError, IntegrityError, NetworkError, quoted
-from .hashing import FollowingHasher
-from .wire import EngineClient, WireBody, WirePool
+from whisperctl._version import __version__
+from whisperctl.errors import CacheError, IntegrityError, NetworkError, quoted
+from whisperctl.fetch.wire import EngineClient, WireBody, WirePool
+from whisperctl.store.cache import atomic_write_text
+from whisperctl.store.hashing import FollowingHasher
 
 __all__ = [
     "TransferOptions",
@@ -269,7 +269,7 @@ def make_client(options: TransferOptions, *, max_connections: int) -> httpx.Asyn
     """The one HTTP client of a run: TLS verified, environment honoured (SSL_CERT_FILE, proxies), no
     automatic redirects (the engine follows them itself, bounded and never from https to http).
 
-    With ``options.lean_http`` it carries a :class:`~whisperctl.wire.WirePool` with the same TLS context,
+    With ``options.lean_http`` it carries a :class:`.wire.WirePool` with the same TLS context,
     which the engine uses for the URLs that no proxy applies to."""
     ssl_context = functools.cache(_tls_context)
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cache import Cache, CacheEntry, resolve_cache_dir
-from .errors import (
+from whisperctl.errors import (
     DownloadError,
     IntegrityError,
     NotCachedError,
@@ -18,17 +17,18 @@ from .errors import (
     UsageError,
     quoted,
 )
-from .registry import ModelSpec, Registry, load_registry
-from .verify import VerifyRecord, verify_models
+from whisperctl.models.registry import ModelSpec, Registry, load_registry
+from whisperctl.store.cache import Cache, CacheEntry, resolve_cache_dir
+from whisperctl.store.verify import VerifyRecord, verify_models
 
 if TYPE_CHECKING:
     # httpx and the engine are imported when a download starts, so that `list` and `path` start fast.
     import httpx
 
-    from .checkpoint import Checkpoint
-    from .download import DownloadProgress, DownloadRecord, Mirror
-    from .loader import Into, Loaded
-    from .transfer import TransferOptions
+    from whisperctl.fetch.download import DownloadProgress, DownloadRecord, Mirror
+    from whisperctl.fetch.transfer import TransferOptions
+    from whisperctl.models.checkpoint import Checkpoint
+    from whisperctl.models.loader import Into, Loaded
 
 __all__ = [
     "CheckpointInfo",
@@ -101,7 +101,7 @@ def model_path(
 
 
 def _mirrors(mirrors: Sequence[str] | None) -> tuple[Mirror, ...]:
-    from .download import MIRROR_ENV, parse_mirrors
+    from whisperctl.fetch.download import MIRROR_ENV, parse_mirrors
 
     if mirrors is None:
         env = os.environ.get(MIRROR_ENV, "")
@@ -133,8 +133,8 @@ def download(
     """
     import asyncio
 
-    from .download import download_models, env_offline
-    from .transfer import TransferOptions
+    from whisperctl.fetch.download import download_models, env_offline
+    from whisperctl.fetch.transfer import TransferOptions
 
     reg, cache = open_context(cache_dir, registry)
     specs = reg.resolve(list(names))
@@ -230,8 +230,8 @@ def inspect(
     returned in ``error`` with the registry's facts. ``hash=True`` measures the file's SHA-256 (for a name,
     as :func:`verify` does, updating its stamp) and names the registry models that have it.
     """
-    from .checkpoint import check_tensors, read_checkpoint
-    from .hashing import sha256_file
+    from whisperctl.models.checkpoint import check_tensors, read_checkpoint
+    from whisperctl.store.hashing import sha256_file
 
     reg, cache = open_context(cache_dir, registry)
     target = resolve_target(reg, name_or_path)
@@ -342,12 +342,12 @@ def load(
     if not isinstance(target, ModelSpec) and verify:
         raise UsageError(f"--verify is for a model name; to check {target}, give --sha256 HEX")
     try:
-        from . import loader
+        from whisperctl.models import loader
     except ImportError as exc:
         if exc.name is not None and exc.name.split(".")[0] == "torch":
             raise TorchMissingError("loading a model") from None
         raise
-    from .hashing import sha256_file
+    from whisperctl.store.hashing import sha256_file
 
     loader.resolve_device(device)  # fail before any download
     loader.resolve_dtype(dtype)
@@ -355,7 +355,7 @@ def load(
     heads = None
     source: loader.HeadsSource = "default"
     if isinstance(target, ModelSpec):
-        from .download import env_offline
+        from whisperctl.fetch.download import env_offline
 
         integrity = _ensure_cached(
             target,

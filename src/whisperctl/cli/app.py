@@ -15,10 +15,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from . import __version__, api
-from .cache import CACHE_ENV
-from .errors import WhisperctlError
-from .output import (
+from whisperctl import api
+from whisperctl._version import __version__
+from whisperctl.cli.render import (
     Bars,
     Output,
     checkpoint_json,
@@ -28,7 +27,9 @@ from .output import (
     load_json,
     verify_json,
 )
-from .registry import REGISTRY_ENV
+from whisperctl.errors import WhisperctlError
+from whisperctl.models.registry import REGISTRY_ENV
+from whisperctl.store.cache import CACHE_ENV
 
 __all__ = ["app", "main"]
 
@@ -122,8 +123,8 @@ def _main(
     output = Output(quiet=quiet, verbose=verbose)
     ctx.obj = State(cache_dir=cache_dir, registry=registry, output=output)
     if verbose:
-        from .cache import resolve_cache_dir
-        from .registry import default_registry_path
+        from whisperctl.models.registry import default_registry_path
+        from whisperctl.store.cache import resolve_cache_dir
 
         reg = registry or os.environ.get(REGISTRY_ENV) or f"{default_registry_path()} (default)"
         output.debug(f"whisperctl {__version__}; cache {resolve_cache_dir(cache_dir)}; registry {reg}")
@@ -246,8 +247,8 @@ def download(
     as_json: JsonOpt = False,
 ) -> None:
     """Download models into the cache, verified (SHA-256) while they stream; resumes interrupted downloads."""
-    from .download import env_offline
-    from .transfer import TransferOptions
+    from whisperctl.fetch.download import env_offline
+    from whisperctl.fetch.transfer import TransferOptions
 
     st = _state(ctx)
     registry, _ = api.open_context(st.cache_dir, st.registry)
@@ -388,7 +389,7 @@ def load(
 # -- fleets and CI: manifests, freeze, export, rm, prune, du, cache-key -------------------------------------
 def _with_manifest(names: list[str] | None, requirements: Path | None, registry: Any) -> list[str]:
     """The names given, then those of the manifest (checked line by line before anything starts: exit 2)."""
-    from .fleet import read_manifest
+    from whisperctl.api.fleet import read_manifest
 
     found = list(names or [])
     if requirements is not None:
@@ -399,9 +400,9 @@ def _with_manifest(names: list[str] | None, requirements: Path | None, registry:
 @app.command()
 def freeze(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Print the cached, verified models as a manifest for `download -r`, their digests as comments."""
-    from .fleet import format_manifest
-    from .fleet import freeze as freeze_cache
-    from .output import freeze_json
+    from whisperctl.api.fleet import format_manifest
+    from whisperctl.api.fleet import freeze as freeze_cache
+    from whisperctl.cli.render import freeze_json
 
     st = _state(ctx)
     frozen = freeze_cache(cache_dir=st.cache_dir, registry=st.registry)
@@ -428,8 +429,8 @@ def export(
 
     Any static web server serving DIR is a mirror for `--mirror URL`; DIR itself is one for `--mirror DIR`.
     """
-    from .fleet import export_mirror
-    from .output import export_json, render_export
+    from whisperctl.api.fleet import export_mirror
+    from whisperctl.cli.render import export_json, render_export
 
     st = _state(ctx)
     registry, _ = api.open_context(st.cache_dir, st.registry)
@@ -452,8 +453,8 @@ def rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove models from the cache: file, partial download, stamp and lock. Reports the bytes freed."""
-    from .fleet import remove_models
-    from .output import remove_json, render_remove
+    from whisperctl.api.fleet import remove_models
+    from whisperctl.cli.render import remove_json, render_remove
 
     st = _state(ctx)
     records = remove_models(names, cache_dir=st.cache_dir, registry=st.registry)
@@ -470,8 +471,8 @@ def prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove stale partial downloads, stamps of gone files, unheld locks; never models or unknown files."""
-    from .fleet import prune as prune_cache
-    from .output import prune_json, render_prune
+    from whisperctl.api.fleet import prune as prune_cache
+    from whisperctl.cli.render import prune_json, render_prune
 
     st = _state(ctx)
     report = prune_cache(dry_run=dry_run, cache_dir=st.cache_dir, registry=st.registry)
@@ -484,8 +485,8 @@ def prune(
 @app.command()
 def du(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Bytes used in the cache, per model (partial downloads included) and in all."""
-    from .fleet import disk_usage
-    from .output import du_json, render_du
+    from whisperctl.api.fleet import disk_usage
+    from whisperctl.cli.render import du_json, render_du
 
     st = _state(ctx)
     usage = disk_usage(cache_dir=st.cache_dir, registry=st.registry)
@@ -500,8 +501,8 @@ def cache_key(
     ctx: typer.Context, names: NamesArg = None, requirements: ManifestOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Print a short key that changes exactly when a model's digest changes: for CI caches and build args."""
-    from .fleet import cache_key as compute_key
-    from .output import cache_key_json
+    from whisperctl.api.fleet import cache_key as compute_key
+    from whisperctl.cli.render import cache_key_json
 
     st = _state(ctx)
     registry, _ = api.open_context(st.cache_dir, st.registry)

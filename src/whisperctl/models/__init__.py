@@ -1,0 +1,1 @@
+"""The model side: the registry of names, dims, checkpoint reading, the transformer and the loader."""

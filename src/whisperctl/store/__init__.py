@@ -1,0 +1,1 @@
+"""The cache on disk: its layout, stamps, locks, safe file operations, hashing and housekeeping."""
