@@ -34,8 +34,8 @@ import httpx
 import pytest
 
 from whisperctl import api
-from whisperctl.fetch import wire
 from whisperctl.fetch.download import DownloadRecord, download_models
+from whisperctl.fetch.http import wire
 from whisperctl.fetch.transfer import TransferOptions
 from whisperctl.models.registry import ModelSpec, load_registry
 from whisperctl.store.cache import Cache, CacheEntry

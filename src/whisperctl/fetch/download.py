@@ -36,7 +36,8 @@ from whisperctl.errors import (
     WhisperctlError,
     quoted,
 )
-from whisperctl.fetch.transfer import TransferOptions, create_partial, fetch_url, make_client, write_error
+from whisperctl.fetch.http.client import make_client
+from whisperctl.fetch.transfer import TransferOptions, create_partial, fetch_url, write_error
 from whisperctl.models.registry import ModelSpec
 from whisperctl.store.cache import Cache, fsync_dir
 from whisperctl.store.hashing import copy_hashing, sha256_file

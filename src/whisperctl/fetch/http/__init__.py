@@ -1,0 +1,1 @@
+"""HTTP for the engine: the client (TLS, proxies) and the lean HTTP/1.1 body path."""
