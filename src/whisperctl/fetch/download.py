@@ -37,9 +37,10 @@ from whisperctl.errors import (
     quoted,
 )
 from whisperctl.fetch.http.client import make_client
-from whisperctl.fetch.transfer import TransferOptions, create_partial, fetch_url, write_error
+from whisperctl.fetch.transfer import TransferOptions, fetch_url
 from whisperctl.models.registry import ModelSpec
 from whisperctl.store.cache import Cache, fsync_dir
+from whisperctl.store.files import create_partial, write_error
 from whisperctl.store.hashing import copy_hashing, sha256_file
 
 __all__ = [
