@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import re
-import secrets
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +20,6 @@ from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
-import filelock
 import httpx
 
 from whisperctl.errors import (
@@ -39,9 +34,11 @@ from whisperctl.errors import (
 from whisperctl.fetch.http.client import make_client
 from whisperctl.fetch.transfer import TransferOptions, fetch_url
 from whisperctl.models.registry import ModelSpec
-from whisperctl.store.cache import Cache, fsync_dir
+from whisperctl.store.cache import Cache
 from whisperctl.store.files import create_partial, write_error
 from whisperctl.store.hashing import copy_hashing, sha256_file
+from whisperctl.store.locks import model_lock
+from whisperctl.store.place import place_verified, remove_stale_temporaries, stale_temporaries
 
 __all__ = [
     "MIRROR_ENV",
@@ -192,59 +189,12 @@ async def _hash_existing(run: _Run, spec: ModelSpec, path: Path) -> str | None:
     return digest
 
 
-@contextlib.asynccontextmanager
-async def _model_lock(run: _Run, spec: ModelSpec):  # type: ignore[no-untyped-def]
-    """A per-model cross-process lock; says who holds it while waiting, and yields whether it holds it.
-
-    Where the lock cannot be taken at all (a filesystem without working locks, a lock file another user
-    made unwritable), the download goes on without it: the lock only saves bandwidth, the digest check and
-    the atomic rename keep the cache correct.
-    """
-    owner_path = run.cache.owner_path(spec)
-    told = False
-    try:
-        lock = run.cache.lock(spec)
-        while True:
-            try:
-                lock.acquire(timeout=0)
-                break
-            except filelock.Timeout:
-                if not told and run.progress is not None:
-                    who = run.cache.lock_holder(spec)
-                    run.progress.note(spec.name, f"waiting for {who}, which is downloading it")
-                    told = True
-                await asyncio.sleep(run.lock_poll)
-    except (OSError, NotImplementedError) as exc:
-        if run.progress is not None:
-            reason = getattr(exc, "strerror", None) or exc
-            run.progress.note(
-                spec.name,
-                f"cannot lock {owner_path.with_suffix('.lock')} ({reason}); going on "
-                "without the lock, the digest check still decides",
-            )
-        yield False
-        return
-    try:
-        with contextlib.suppress(OSError):
-            # O_NOFOLLOW: a symlink planted at the note is never written through (ELOOP: no note, then).
-            # In place, not through a temporary file that a kill -9 would leave behind.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-            with os.fdopen(os.open(owner_path, flags, 0o666), "w", encoding="utf-8") as note:
-                note.write(json.dumps(holder))
-        yield True
-    finally:
-        with contextlib.suppress(OSError):
-            owner_path.unlink()
-        lock.release()
-
-
 async def _copy_from_directory(
     run: _Run, spec: ModelSpec, source: Path, part: Path, state: Path
 ) -> tuple[str, int, int]:
     """Copy a file from a local mirror tree into ``part``, hashing as it goes.
 
-    Returns (digest, size, descriptor of the partial file, left open for :func:`_finalize`).
+    Returns (digest, size, descriptor of the partial file, left open for :func:`place_verified`).
     """
     named = _NamedProgress(run.progress, spec.name)
     loop = asyncio.get_running_loop()
@@ -280,101 +230,6 @@ async def _copy_from_directory(
         return digest, copied, fd
 
     return await asyncio.to_thread(copy)
-
-
-def _finalize(run: _Run, spec: ModelSpec, digest: str, fd: int) -> str | None:
-    """Move the verified, fsynced file open as ``fd`` to its final name, then stamp it.
-
-    Returns a warning when the file is in place but its stamp could not be recorded (a full disk, say): the
-    download succeeded, and the next run hashes the file once more instead of trusting a stamp.
-
-    It moves through a private name, and only if ``<file>.part`` is still this descriptor's file: where locks
-    do not work (some network filesystems), another process may have replaced the partial file with its own
-    unfinished one. Then the verified bytes are copied from the descriptor instead, hashed again on the way.
-    """
-    cache = run.cache
-    part, final = cache.partial_path(spec), cache.path_for(spec)
-    private = cache.root / f".{spec.filename}.{secrets.token_hex(6)}.tmp"
-    try:
-        try:
-            st = _move_if_same(part, private, os.fstat(fd)) or _copy_verified(fd, private, digest)
-            os.replace(private, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                private.unlink()
-            raise
-    except OSError as exc:
-        raise CacheError(
-            f"{final}: cannot move the verified file into place ({exc.strerror or exc})"
-        ) from exc
-    warning = None
-    try:
-        # The rename itself must survive a power loss, or the stamp could outlive the file it describes.
-        fsync_dir(cache.root)
-        cache.write_stamp(spec, st, digest)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            cache.forget_stamp(spec)  # an older stamp describes another inode anyway; do not leave doubt
-        warning = (
-            f"{final}: downloaded and verified, but its stamp could not be written ({exc.strerror or exc}); "
-            "the file will be hashed again on its next use"
-        )
-    with contextlib.suppress(OSError):
-        cache.partial_state_path(spec).unlink()
-    return warning
-
-
-def _stale_temporaries(cache: Cache, spec: ModelSpec) -> list[Path]:
-    """What a process killed inside :func:`_finalize` or a sidecar write left: a private copy of the file
-    (as large as the model) or of the sidecar. Remove them only under the model's lock, which every writer
-    of these names held."""
-    pattern = re.compile(rf"\.{re.escape(spec.filename)}(\.part\.json)?\.[0-9a-f]{{12}}\.tmp")
-    try:
-        return [cache.root / n for n in os.listdir(cache.root) if pattern.fullmatch(n)]
-    except OSError:
-        return []
-
-
-def _remove_stale_temporaries(cache: Cache, spec: ModelSpec) -> None:
-    for path in _stale_temporaries(cache, spec):
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
-def _move_if_same(part: Path, private: Path, mine: os.stat_result) -> os.stat_result | None:
-    """Rename ``part`` to ``private`` if it is the file ``mine`` describes: its stat, else None."""
-    try:
-        st = os.stat(part, follow_symlinks=False)
-        if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
-            return None
-        os.rename(part, private)
-    except FileNotFoundError:
-        return None
-    st = os.stat(private, follow_symlinks=False)
-    if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-        return st
-    # Another process's partial file took the name between the check and the rename: give it back.
-    with contextlib.suppress(OSError):
-        os.link(private, part)
-    os.unlink(private)
-    return None
-
-
-def _copy_verified(fd: int, dest: Path, digest: str) -> os.stat_result:
-    """Copy the file open as ``fd`` to a new file ``dest``, fsynced; its stat, once its digest matched."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    out = os.open(dest, flags, 0o666)
-    try:
-        actual, _ = copy_hashing(fd, out)
-        os.fsync(out)
-        if actual != digest:
-            raise IntegrityError(
-                f"{dest}: the verified download changed on disk (SHA-256 {actual}, expected "
-                f"{digest}); check the cache filesystem and download again"
-            )
-        return os.fstat(out)
-    finally:
-        os.close(out)
 
 
 def _sources(run: _Run, spec: ModelSpec) -> list[tuple[str, Path | None]]:
@@ -471,7 +326,7 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
         # cut short) is of no use any more: remove it, but only under the lock, where no other process
         # is writing it.
         leftovers = [p for p in (cache.partial_path(spec), cache.partial_state_path(spec)) if p.exists()]
-        leftovers += _stale_temporaries(cache, spec)  # (a run killed between its two renames)
+        leftovers += stale_temporaries(cache, spec)  # (a run killed between its two renames)
         if leftovers and before_lock:
             return None  # take the lock, then look again
         if locked:  # without the lock (none can be taken here), they stay: the file is good all the same
@@ -489,9 +344,20 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
     )
     if run.offline and not run.mirrors:
         raise NotCachedError(offline_hint)
-    async with _model_lock(run, spec) as locked:
+
+    def note(message: str) -> None:
+        if run.progress is not None:
+            run.progress.note(spec.name, message)
+
+    async with model_lock(
+        cache,
+        spec,
+        poll=run.lock_poll,
+        on_wait=lambda who: note(f"waiting for {who}, which is downloading it"),
+        on_unlockable=note,
+    ) as locked:
         if locked:
-            _remove_stale_temporaries(cache, spec)
+            remove_stale_temporaries(cache, spec)
         # Another process may have finished it while this one waited for the lock.
         if not run.force and (done := await cached(locked=locked)) is not None:
             return done
@@ -502,7 +368,7 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
                 raise NotCachedError(f"{offline_hint} ({exc})") from exc
             raise
         try:
-            warning = await asyncio.to_thread(_finalize, run, spec, digest, fd)
+            warning = await asyncio.to_thread(place_verified, cache, spec, digest, fd)
         finally:
             os.close(fd)
         if warning is not None:

@@ -15,20 +15,24 @@ need not be hashed again.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import secrets
 import stat
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from whisperctl.errors import CacheError
 from whisperctl.models.registry import ModelSpec
-
-if TYPE_CHECKING:
-    import filelock  # imported when a lock is taken: `list` and `path` start without it
+from whisperctl.store.files import atomic_write_text, fsync_dir, new_file_mode
+from whisperctl.store.layout import (
+    LOCK_SUFFIX,
+    OWNER_SUFFIX,
+    PARTIAL_SUFFIX,
+    SIDECAR_SUFFIX,
+    STAMP_SUFFIX,
+    STATE_DIRNAME,
+)
+from whisperctl.store.stamps import LAYOUT_VERSION, Stamp, read_stamp, write_stamp
 
 __all__ = [
     "CACHE_ENV",
@@ -38,14 +42,14 @@ __all__ = [
     "CacheEntry",
     "Stamp",
     "Status",
+    "atomic_write_text",  # the store's file operations, for the engine's sidecar writes
     "default_cache_dir",
+    "fsync_dir",
     "new_file_mode",
     "resolve_cache_dir",
 ]
 
 CACHE_ENV = "WHISPERCTL_CACHE_DIR"
-STATE_DIRNAME = ".whisperctl"
-LAYOUT_VERSION = 1
 
 Status = Literal["missing", "partial", "present", "verified", "corrupt"]
 
@@ -63,20 +67,6 @@ def resolve_cache_dir(explicit: Path | str | None = None) -> Path:
     if not chosen:
         return default_cache_dir()
     return Path(chosen).expanduser().absolute()
-
-
-@dataclass(frozen=True)
-class Stamp:
-    """What a file looked like when it was last hashed, and the digest measured then."""
-
-    size: int
-    mtime_ns: int
-    inode: int
-    sha256: str
-    checked_at: float
-
-    def matches(self, st: os.stat_result) -> bool:
-        return (self.size, self.mtime_ns, self.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _filename(spec: ModelSpec | str) -> str:
@@ -115,36 +105,28 @@ class Cache:
         return self.root / _filename(spec)
 
     def partial_path(self, spec: ModelSpec | str) -> Path:
-        return self.root / f"{_filename(spec)}.part"
+        return self.root / f"{_filename(spec)}{PARTIAL_SUFFIX}"
 
     def partial_state_path(self, spec: ModelSpec | str) -> Path:
-        return self.root / f"{_filename(spec)}.part.json"
+        return self.root / f"{_filename(spec)}{SIDECAR_SUFFIX}"
+
+    @property
+    def stamps_dir(self) -> Path:
+        return self.state_dir / "stamps"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.state_dir / "locks"
 
     def stamp_path(self, spec: ModelSpec | str) -> Path:
-        return self.state_dir / "stamps" / f"{_filename(spec)}.json"
+        return self.stamps_dir / f"{_filename(spec)}{STAMP_SUFFIX}"
 
     def lock_path(self, spec: ModelSpec | str) -> Path:
-        return self.state_dir / "locks" / f"{_filename(spec)}.lock"
+        return self.locks_dir / f"{_filename(spec)}{LOCK_SUFFIX}"
 
     def owner_path(self, spec: ModelSpec | str) -> Path:
         """The note in which a lock's holder says who it is."""
-        return self.state_dir / "locks" / f"{_filename(spec)}.owner"
-
-    def lock(self, spec: ModelSpec) -> filelock.BaseFileLock:
-        """The model's cross-process lock (not yet acquired); its file gets the umask's permissions."""
-        import filelock
-
-        path = self.lock_path(spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return filelock.FileLock(str(path), mode=new_file_mode())
-
-    def lock_holder(self, spec: ModelSpec | str) -> str:
-        """Who holds a model's lock (or a file name's), as the holder recorded it; else "another process"."""
-        try:
-            holder = json.loads(self.owner_path(spec).read_text("utf-8"))
-            return f"process {holder['pid']} on {holder['host']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another process"
+        return self.locks_dir / f"{_filename(spec)}{OWNER_SUFFIX}"
 
     def check_readable(self) -> None:
         """Raise :class:`CacheError` when the cache path exists but cannot be used as a directory."""
@@ -172,7 +154,7 @@ class Cache:
     def check_state_dirs(self) -> None:
         """Refuse a state folder that is a symlink or not a directory: whisperctl writes its stamps and locks
         there, and writes nothing outside its cache."""
-        for path in (self.state_dir, self.state_dir / "stamps", self.state_dir / "locks"):
+        for path in (self.state_dir, self.stamps_dir, self.locks_dir):
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
@@ -188,27 +170,12 @@ class Cache:
 
     def read_stamp(self, spec: ModelSpec) -> Stamp | None:
         """The stamp of a model's file, or None when there is none or it is unreadable (then re-hash)."""
-        try:
-            data: Any = json.loads(self.stamp_path(spec).read_text("utf-8"))
-            return Stamp(
-                size=int(data["size"]),
-                mtime_ns=int(data["mtime_ns"]),
-                inode=int(data["inode"]),
-                sha256=str(data["sha256"]),
-                checked_at=float(data["checked_at"]),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return read_stamp(self.stamp_path(spec))
 
     def write_stamp(self, spec: ModelSpec, st: os.stat_result, sha256: str) -> Stamp:
         """Record the digest measured for the file whose stat is ``st`` (atomically)."""
-        stamp = Stamp(
-            size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, sha256=sha256, checked_at=time.time()
-        )
-        payload = {"layout": LAYOUT_VERSION, "name": spec.name, "filename": spec.filename, **stamp.__dict__}
         self.check_state_dirs()
-        atomic_write_text(self.stamp_path(spec), json.dumps(payload, indent=1) + "\n")
-        return stamp
+        return write_stamp(self.stamp_path(spec), st, sha256, name=spec.name, filename=spec.filename)
 
     def forget_stamp(self, spec: ModelSpec) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -237,50 +204,6 @@ class Cache:
         if stamp is not None and stamp.matches(st):
             status = "verified" if stamp.sha256 == spec.sha256 else "corrupt"
         return CacheEntry(spec, path, status, st.st_size, part if part.is_file() else None, stamp)
-
-
-def new_file_mode() -> int:
-    """0o666 minus the process's umask: the mode of every new file, so that a group-shared cache stays shared.
-
-    Read from ``/proc`` where possible: setting the umask to read it is not thread-safe.
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the renames in a directory durable (``OSError`` where the platform or filesystem cannot)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    # 0o666 and not mkstemp's 0o600: the umask decides, so a group-shared cache stays shared.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _is_dir(st: os.stat_result) -> bool:

@@ -12,6 +12,7 @@ from typing import Literal
 from whisperctl.models.registry import ModelSpec
 from whisperctl.store.cache import Cache
 from whisperctl.store.hashing import hash_files
+from whisperctl.store.stamps import fingerprint
 
 __all__ = ["VerifyRecord", "VerifyStatus", "verify_models"]
 
@@ -72,7 +73,7 @@ def verify_models(
             continue
         # Stamp only if the file did not change while it was being read.
         after = path.stat()
-        if (after.st_size, after.st_mtime_ns, after.st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino):
+        if fingerprint(after) == fingerprint(st):
             # A read-only cache can still be verified: the result is reported, only not remembered.
             with contextlib.suppress(OSError):
                 cache.write_stamp(spec, st, result)
