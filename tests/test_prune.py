@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from whisperctl.api.fleet import plan_prune_cache, prune
+from whisperctl.api.fleet import plan_prune, prune
 from whisperctl.errors import CacheError
 from whisperctl.store.prune import STALE_TMP_SECONDS
 
@@ -56,7 +56,7 @@ def test_the_plan_writes_nothing_and_says_what_it_would_free(lab: Lab) -> None:
     paths = stale_state(lab)
     (lab.cache_dir / "stray.bin").write_bytes(b"?")
     before = tree_of(lab.cache_dir)
-    plan = plan_prune_cache(cache_dir=lab.cache_dir, registry=lab.registry)
+    plan = plan_prune(cache_dir=lab.cache_dir, registry=lab.registry)
     assert tree_of(lab.cache_dir) == before  # not even a lock file was made to look
     planned = {i.path for i in plan.items}
     assert set(paths.values()) <= planned
@@ -84,7 +84,7 @@ def test_the_plan_writes_nothing_and_says_what_it_would_free(lab: Lab) -> None:
 
 def test_execution_checks_each_file_again_under_its_lock(lab: Lab) -> None:
     paths = stale_state(lab)
-    plan = plan_prune_cache(cache_dir=lab.cache_dir, registry=lab.registry)
+    plan = plan_prune(cache_dir=lab.cache_dir, registry=lab.registry)
     b2 = lab.blobs[2]
     # Between the plan and its execution: a download of m1 starts, m2 is downloaded (its file is there
     # again, stamped), and the temporary file is written to again.
@@ -104,7 +104,7 @@ def test_execution_checks_each_file_again_under_its_lock(lab: Lab) -> None:
 
 def test_execution_skips_what_is_gone_and_reports_sizes_as_removed(lab: Lab) -> None:
     paths = stale_state(lab)
-    plan = plan_prune_cache(cache_dir=lab.cache_dir, registry=lab.registry)
+    plan = plan_prune(cache_dir=lab.cache_dir, registry=lab.registry)
     paths["sidecar"].unlink()  # another prune, or the download finished
     paths["partial"].write_bytes(b"\0" * 5000)
     report = plan.execute()
@@ -116,7 +116,7 @@ def test_a_state_folder_that_became_a_symlink_is_refused_before_anything_goes(
     lab: Lab, tmp_path: Path
 ) -> None:
     stale_state(lab)
-    plan = plan_prune_cache(cache_dir=lab.cache_dir, registry=lab.registry)
+    plan = plan_prune(cache_dir=lab.cache_dir, registry=lab.registry)
     outside = tmp_path / "outside"
     stamps = lab.cache_dir / ".whisperctl" / "stamps"
     stamps.rename(outside)
@@ -125,7 +125,7 @@ def test_a_state_folder_that_became_a_symlink_is_refused_before_anything_goes(
     with pytest.raises(CacheError, match="a symlink"):
         plan.execute()
     with pytest.raises(CacheError, match="a symlink"):
-        plan_prune_cache(cache_dir=lab.cache_dir, registry=lab.registry)
+        plan_prune(cache_dir=lab.cache_dir, registry=lab.registry)
     assert tree_of(lab.cache_dir) == before and (outside / "m2.pt.json").exists()
     result = lab.cli("prune")
     assert result.exit_code == 6 and result.stderr.count("error:") == 1
@@ -133,6 +133,6 @@ def test_a_state_folder_that_became_a_symlink_is_refused_before_anything_goes(
 
 def test_an_empty_or_missing_cache_plans_nothing(tmp_path: Path) -> None:
     lab = Lab(tmp_path, 1 * KiB)
-    plan = plan_prune_cache(cache_dir=lab.cache_dir, registry=lab.registry)
+    plan = plan_prune(cache_dir=lab.cache_dir, registry=lab.registry)
     assert (plan.steps, plan.in_use, plan.unknown, plan.bytes_to_free) == ((), (), (), 0)
     assert plan.execute().items == [] and not lab.cache_dir.exists()

@@ -18,7 +18,7 @@ from whisperctl.store.cache import Cache
 from whisperctl.store.files import atomic_write_text, copy_to_new, open_nofollow
 from whisperctl.store.locks import lock_holder, lock_unless_busy, model_lock, probe
 from whisperctl.store.place import place_verified, remove_stale_temporaries, stale_temporaries
-from whisperctl.store.prune import STALE_TMP_SECONDS, plan_prune
+from whisperctl.store.prune import STALE_TMP_SECONDS, scan
 from whisperctl.store.stamps import fingerprint, read_stamp
 
 from .helpers import sha256_hex
@@ -91,7 +91,7 @@ def test_every_writer_leaves_names_that_the_cleaners_recognise(tmp_path: Path) -
         path.write_bytes(b"x")
     assert sorted(stale_temporaries(cache, spec)) == sorted(left[:2])  # the download's own, under its lock
     old = time.time() + 2 * STALE_TMP_SECONDS
-    plan = plan_prune(cache, [spec.filename], now=old)
+    plan = scan(cache, [spec.filename], now=old)
     assert sorted(i.path for i in plan.items if i.kind == "temporary") == sorted(left)
     assert set(unrelated) <= set(plan.unknown)  # not attributable to a known model's file: never removed
     remove_stale_temporaries(cache, spec)

@@ -7,7 +7,9 @@ serving the directory, or the bare directory, is a mirror for ``download --mirro
 
 Housekeeping never deletes a file it cannot attribute to a model: :func:`remove_models` takes a model's file,
 partial file, sidecar, stamp and lock; :func:`prune` takes partial files that no process is writing, stamps of
-files that are gone, unheld locks and stale temporary files, and only lists whatever else it finds.
+files that are gone, unheld locks and stale temporary files, and only lists whatever else it finds;
+:func:`plan_prune` is its plan (what the dry run prints), which ``execute()`` carries out. The mechanics
+(mirror trees, removals, the scan, usage) are the store's: ``whisperctl.store.{mirror,housekeeping,prune}``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from whisperctl.store.housekeeping import (
 )
 from whisperctl.store.housekeeping import disk_usage as measure_usage
 from whisperctl.store.mirror import SUMS_NAME, ExportRecord, ExportReport, export_file, write_sums
-from whisperctl.store.prune import PruneItem, PrunePlan, PruneReport, plan_prune
+from whisperctl.store.prune import PruneItem, PrunePlan, PruneReport, scan
 from whisperctl.store.verify import verify_models
 
 __all__ = [
@@ -63,7 +65,7 @@ __all__ = [
     "format_manifest",
     "freeze",
     "parse_manifest",
-    "plan_prune_cache",
+    "plan_prune",
     "prune",
     "read_manifest",
     "remove_models",
@@ -254,7 +256,7 @@ def remove_models(
     return remove_files(cache, [_cache_file_name(reg, cache, name) for name in names])
 
 
-def plan_prune_cache(
+def plan_prune(
     *,
     cache_dir: PathLike | None = None,
     registry: Registry | PathLike | None = None,
@@ -264,7 +266,7 @@ def plan_prune_cache(
     scanning writes nothing. ``plan.execute()`` removes it, checking each file again under its model's
     lock."""
     reg, cache = open_context(cache_dir, registry)
-    return plan_prune(cache, (spec.filename for spec in reg), now=now)
+    return scan(cache, (spec.filename for spec in reg), now=now)
 
 
 def prune(
@@ -280,7 +282,7 @@ def prune(
     Model files are never removed (that is :func:`remove_models`), nor files that cannot be attributed to a
     model: those are listed in ``unknown``. ``dry_run`` reports the same without removing anything.
     """
-    plan = plan_prune_cache(cache_dir=cache_dir, registry=registry, now=now)
+    plan = plan_prune(cache_dir=cache_dir, registry=registry, now=now)
     return plan.report() if dry_run else plan.execute()
 
 

@@ -189,6 +189,22 @@ async def _hash_existing(run: _Run, spec: ModelSpec, path: Path) -> str | None:
     return digest
 
 
+def _lock(run: _Run, spec: ModelSpec) -> contextlib.AbstractAsyncContextManager[bool]:
+    """The model's lock (see :func:`model_lock`), its waits and its absence said as notes."""
+
+    def note(message: str) -> None:
+        if run.progress is not None:
+            run.progress.note(spec.name, message)
+
+    return model_lock(
+        run.cache,
+        spec,
+        poll=run.lock_poll,
+        on_wait=lambda who: note(f"waiting for {who}, which is downloading it"),
+        on_unlockable=note,
+    )
+
+
 async def _copy_from_directory(
     run: _Run, spec: ModelSpec, source: Path, part: Path, state: Path
 ) -> tuple[str, int, int]:
@@ -344,18 +360,7 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
     )
     if run.offline and not run.mirrors:
         raise NotCachedError(offline_hint)
-
-    def note(message: str) -> None:
-        if run.progress is not None:
-            run.progress.note(spec.name, message)
-
-    async with model_lock(
-        cache,
-        spec,
-        poll=run.lock_poll,
-        on_wait=lambda who: note(f"waiting for {who}, which is downloading it"),
-        on_unlockable=note,
-    ) as locked:
+    async with _lock(run, spec) as locked:
         if locked:
             remove_stale_temporaries(cache, spec)
         # Another process may have finished it while this one waited for the lock.

@@ -9,11 +9,9 @@ a file reaches its final name only after its digest matched, whatever the locks 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -73,6 +71,8 @@ class ModelLock:
 
     def write_note(self) -> None:
         """Say who holds the lock (best effort: without a note, waiters say "another process")."""
+        import socket  # not at start-up: `list` and `path` take no lock
+
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         with contextlib.suppress(OSError):
             # In place, not through a temporary file that a kill -9 would leave behind; never through a
@@ -136,6 +136,8 @@ async def model_lock(
     ``on_wait`` is told once who holds it ("process N on H"). Where the lock cannot be taken at all,
     ``on_unlockable`` gets a line saying so, and the body runs without the lock (yields False).
     """
+    import asyncio  # not at start-up: only a download waits
+
     lock = ModelLock(cache, model)
     told = False
     try:

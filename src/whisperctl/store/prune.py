@@ -1,6 +1,6 @@
 """Cache housekeeping as a plan, then its execution (as huggingface_hub's scan -> delete strategy -> execute).
 
-:func:`plan_prune` scans the cache and writes nothing: it finds partial downloads that no process is writing
+:func:`scan` scans the cache and writes nothing: it finds partial downloads that no process is writing
 (with their sidecars and locks), stamps of files that are gone, locks that no process holds and temporary
 files whose writer is gone, and lists whatever else it finds as *unknown* (never removed). The plan says the
 bytes it would free; printed, it is the dry run. :meth:`PrunePlan.execute` removes it model by model, each
@@ -36,7 +36,7 @@ __all__ = [
     "PrunePlan",
     "PruneReport",
     "PruneStep",
-    "plan_prune",
+    "scan",
 ]
 
 STALE_TMP_SECONDS = 3600.0  # a temporary file this old has lost its writer
@@ -132,7 +132,7 @@ class PrunePlan:
         return True  # a partial file or lock, and this process holds the model's lock (or none works here)
 
 
-def plan_prune(cache: Cache, known: Iterable[str], *, now: float | None = None) -> PrunePlan:
+def scan(cache: Cache, known: Iterable[str], *, now: float | None = None) -> PrunePlan:
     """Scan the cache for what no model needs; ``known``: the file names of the registry's models (only their
     partial downloads and temporary files are attributable). Nothing is written, not even a lock file."""
     cache.check_readable()
