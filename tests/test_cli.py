@@ -25,19 +25,26 @@ from whisperctl.store.cache import Cache
 
 from .helpers import Cli, sha256_hex, write_registry
 
-LIST_KEYS = {
+# One object per model, the same in `list --json` and `info NAME --json` (which adds "checkpoint").
+MODEL_KEYS = {
     "name",
-    "aliases",
-    "filename",
     "url",
     "sha256",
+    "filename",
     "size_bytes",
-    "parameters",
+    "source",
+    "dims",
     "english_only",
-    "status",
+    "alignment_heads",
+    "aliases",
+    "registry_file",
+    "parameters",
     "path",
+    "status",
+    "size_on_disk",
+    "partial_path",
+    "sha256_measured",
 }
-INFO_KEYS = {"name", "dims", "parameters", "sha256", "url", "size_bytes", "alignment_heads", "status", "path"}
 
 
 def _fake_official(cache_dir: Path, name: str, data: bytes = b"not really a checkpoint") -> Path:
@@ -92,12 +99,12 @@ def test_list_json_round_trip(cli: Cli, cache_dir: Path) -> None:
     rows = json.loads(result.stdout)
     assert len(rows) == 12
     for row in rows:
-        assert set(row) >= LIST_KEYS
+        assert set(row) == MODEL_KEYS
     by_name = {r["name"]: r for r in rows}
     assert by_name["large-v3"]["aliases"] == ["large"]
     assert by_name["large-v3"]["status"] == "present"
     assert by_name["large-v3"]["path"] == str(cache_dir / "large-v3.pt")
-    assert by_name["tiny"]["parameters"] == 37_184_640
+    assert by_name["tiny"]["parameters"] == {"encoder": 7_632_384, "decoder": 29_552_256, "total": 37_184_640}
     assert by_name["tiny"]["status"] == "missing"
     assert by_name["large-v3-turbo"]["size_bytes"] is None
     assert by_name["tiny.en"]["english_only"] is True
@@ -145,7 +152,8 @@ def test_info_json(cli: Cli, cache_dir: Path) -> None:
     result = cli("--cache-dir", str(cache_dir), "info", "turbo", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert set(data) >= INFO_KEYS
+    assert set(data) == MODEL_KEYS | {"checkpoint"}
+    assert data["checkpoint"] is None  # no file
     assert data["name"] == "large-v3-turbo"
     assert data["dims"]["n_text_layer"] == 4 and data["dims"]["n_mels"] == 128
     p = data["parameters"]
