@@ -80,7 +80,7 @@ def _output(ctx: typer.Context) -> Output:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"whisperctl {__version__}")
+        Output().line(f"whisperctl {__version__}")
         raise typer.Exit()
 
 
