@@ -10,13 +10,20 @@ from pathlib import Path
 
 import pytest
 
+from whisperctl import api
 from whisperctl._version import __version__
 from whisperctl.errors import (
     CacheError,
     DeviceError,
+    DownloadError,
+    ExitCode,
     IntegrityError,
+    ManifestError,
     NetworkError,
     NotCachedError,
+    RegistryError,
+    TorchMissingError,
+    UnknownModelError,
     UsageError,
     WhisperctlError,
 )
@@ -24,20 +31,30 @@ from whisperctl.models.registry import Registry
 from whisperctl.store.cache import Cache
 
 from .helpers import Cli, sha256_hex, write_registry
+from .httpserver import HTTPServer
 
-LIST_KEYS = {
+SRC = Path(__file__).resolve().parents[1] / "src" / "whisperctl"
+
+# One object per model, the same in `list --json` and `info NAME --json` (which adds "checkpoint").
+MODEL_KEYS = {
     "name",
-    "aliases",
-    "filename",
     "url",
     "sha256",
+    "filename",
     "size_bytes",
-    "parameters",
+    "source",
+    "dims",
     "english_only",
-    "status",
+    "alignment_heads",
+    "aliases",
+    "registry_file",
+    "parameters",
     "path",
+    "status",
+    "size_on_disk",
+    "partial_path",
+    "sha256_measured",
 }
-INFO_KEYS = {"name", "dims", "parameters", "sha256", "url", "size_bytes", "alignment_heads", "status", "path"}
 
 
 def _fake_official(cache_dir: Path, name: str, data: bytes = b"not really a checkpoint") -> Path:
@@ -92,12 +109,12 @@ def test_list_json_round_trip(cli: Cli, cache_dir: Path) -> None:
     rows = json.loads(result.stdout)
     assert len(rows) == 12
     for row in rows:
-        assert set(row) >= LIST_KEYS
+        assert set(row) == MODEL_KEYS
     by_name = {r["name"]: r for r in rows}
     assert by_name["large-v3"]["aliases"] == ["large"]
     assert by_name["large-v3"]["status"] == "present"
     assert by_name["large-v3"]["path"] == str(cache_dir / "large-v3.pt")
-    assert by_name["tiny"]["parameters"] == 37_184_640
+    assert by_name["tiny"]["parameters"] == {"encoder": 7_632_384, "decoder": 29_552_256, "total": 37_184_640}
     assert by_name["tiny"]["status"] == "missing"
     assert by_name["large-v3-turbo"]["size_bytes"] is None
     assert by_name["tiny.en"]["english_only"] is True
@@ -145,7 +162,8 @@ def test_info_json(cli: Cli, cache_dir: Path) -> None:
     result = cli("--cache-dir", str(cache_dir), "info", "turbo", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
-    assert set(data) >= INFO_KEYS
+    assert set(data) == MODEL_KEYS | {"checkpoint"}
+    assert data["checkpoint"] is None  # no file
     assert data["name"] == "large-v3-turbo"
     assert data["dims"]["n_text_layer"] == 4 and data["dims"]["n_mels"] == 128
     p = data["parameters"]
@@ -249,16 +267,154 @@ def test_bad_option_is_usage_error(cli: Cli) -> None:
 
 def test_exit_codes_are_one_tree() -> None:
     codes = {
-        UsageError: 2,
-        NetworkError: 3,
-        IntegrityError: 4,
-        NotCachedError: 5,
-        CacheError: 6,
-        DeviceError: 7,
+        WhisperctlError: ExitCode.BUG,
+        UsageError: ExitCode.USAGE,
+        UnknownModelError: ExitCode.USAGE,
+        RegistryError: ExitCode.USAGE,
+        ManifestError: ExitCode.USAGE,
+        TorchMissingError: ExitCode.USAGE,
+        NetworkError: ExitCode.NETWORK,
+        IntegrityError: ExitCode.INTEGRITY,
+        NotCachedError: ExitCode.NOT_CACHED,
+        CacheError: ExitCode.CACHE,
+        DeviceError: ExitCode.DEVICE,
     }
     for cls, code in codes.items():
         assert issubclass(cls, WhisperctlError)
-        assert cls.exit_code == code
+        assert cls.exit_code is code
+    assert DownloadError("x", ExitCode.NETWORK, []).exit_code == 3
+    assert [(c.name, int(c)) for c in ExitCode] == [
+        ("OK", 0),
+        ("BUG", 1),
+        ("USAGE", 2),
+        ("NETWORK", 3),
+        ("INTEGRITY", 4),
+        ("NOT_CACHED", 5),
+        ("CACHE", 6),
+        ("DEVICE", 7),
+        ("INTERRUPTED", 130),
+    ]
+
+
+def test_exit_codes_are_never_bare_numbers_in_the_cli() -> None:
+    import re
+
+    for path in (SRC / "cli").glob("*.py"):
+        text = path.read_text("utf-8")
+        assert not re.search(r"Exit\(\s*\d", text), f"{path.name}: a bare exit code"
+        assert not re.search(r"exit_code\s*[!=]=\s*\d", text), f"{path.name}: a bare exit code"
+
+
+def _imports(path: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """The modules a file imports at run time, lazily or not (``if TYPE_CHECKING:`` blocks left out), with
+    the names imported from each."""
+    import ast
+
+    found: list[tuple[str, tuple[str, ...]]] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((a.name, ()) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                found.append((child.module, tuple(a.name for a in child.names)))
+            visit(child)
+
+    visit(ast.parse(path.read_text("utf-8")))
+    return found
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_layers_import_downwards_only_and_without_cycles() -> None:
+    """cli -> api -> (fetch, store, models): below cli nothing imports rich, typer, the cli or the package
+    root; nothing below api imports api; and no module imports itself back, lazy imports included."""
+    modules = {_module(path): path for path in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        layer = name.split(".")[1] if "." in name else ""
+        deps: set[str] = set()
+        for module, names in _imports(path):
+            top = module.split(".")[0]
+            if layer not in ("cli", "__main__"):
+                assert top not in ("rich", "typer"), f"{name} imports {module}"
+                assert not module.startswith("whisperctl.cli"), f"{name} imports {module}"
+                assert module != "whisperctl", f"{name} imports the package root"
+            if layer in ("fetch", "store", "models"):
+                assert not module.startswith("whisperctl.api"), f"{name} imports {module}"
+            if top == "whisperctl":
+                deps.add(module)
+                deps.update(f"{module}.{n}" for n in names if f"{module}.{n}" in modules)
+        graph[name] = {d for d in deps if d in modules and d != name}
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, trail = stack.pop()
+            for dep in graph[node]:
+                if dep == start:
+                    return [*trail, dep]
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, [*trail, dep]))
+        return None
+
+    cycles = [c for name in sorted(graph) if (c := cycle_from(name))]
+    assert cycles == [], cycles
+
+
+def test_select_models_merges_names_and_a_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "models.txt"
+    manifest.write_text("tiny  # first in the file\nlarge\nsmall\n", "utf-8")
+    specs = api.select_models(Registry(), ["small", "large-v3"], manifest=manifest)
+    assert [s.name for s in specs] == ["small", "large-v3", "tiny"]  # each once, names first
+    assert len(api.select_models(Registry(), all_models=True)) == 12
+    manifest.write_text("tiny\nsmal\n", "utf-8")
+    with pytest.raises(ManifestError, match="line 2: unknown model 'smal'"):  # checked even with --all
+        api.select_models(Registry(), all_models=True, manifest=manifest)
+
+
+def test_download_needs_a_model(cli: Cli, cache_dir: Path) -> None:
+    result = cli("--cache-dir", str(cache_dir), "download")
+    assert result.exit_code == 2 and "name at least one model" in result.stderr
+    assert api.download([], cache_dir=cache_dir) == []  # the library: nothing asked, nothing done
+
+
+def test_download_connections_is_applied_with_options(
+    server: HTTPServer, tmp_path: Path, cache_dir: Path
+) -> None:
+    from whisperctl.fetch.transfer import TransferOptions
+
+    data = os.urandom(3 * 1024 * 1024)
+    server.add("/big.pt", data)
+    registry = write_registry(
+        tmp_path / "models.toml",
+        f'[models.big]\nurl = "{server.url("/big.pt")}"\nsha256 = "{sha256_hex(data)}"\nsize = {len(data)}\n',
+    )
+    options = TransferOptions(connections=4, split_threshold=1024 * 1024, min_segment=256 * 1024)
+
+    def gets(connections: int | None) -> int:
+        before = len(server.requests_for("/big.pt", "GET"))
+        (record,) = api.download(
+            ["big"],
+            cache_dir=cache_dir,
+            registry=registry,
+            force=True,
+            options=options,
+            connections=connections,
+        )
+        assert record.ok and record.sha256 == sha256_hex(data)
+        return len(server.requests_for("/big.pt", "GET")) - before
+
+    assert gets(None) >= 2  # the options' 4 connections: several ranges
+    assert gets(1) == 1  # connections=1 replaces them: one stream
+    with pytest.raises(UsageError, match="--connections 0"):
+        api.download(["big"], cache_dir=cache_dir, registry=registry, options=options, connections=0)
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -65,14 +65,14 @@ def shelf(server: HTTPServer, cache_dir: Path, tmp_path: Path) -> Shelf:
     return Shelf(server, cache_dir, tmp_path)
 
 
-def test_ok_file_exits_0_and_gets_stamped(shelf: Shelf) -> None:
+def test_good_file_is_verified_exits_0_and_gets_stamped(shelf: Shelf) -> None:
     shelf.put("alpha")
     assert shelf.listed()["alpha"] == "present"
     code, records = shelf.verify_json("alpha")
     assert code == 0
     rec = records["alpha"]
     assert set(rec) >= VERIFY_KEYS
-    assert (rec["status"], rec["path"]) == ("ok", str(shelf.path("alpha")))
+    assert (rec["status"], rec["path"]) == ("verified", str(shelf.path("alpha")))
     assert rec["sha256_expected"] == rec["sha256_actual"] == sha256_hex(shelf.data["alpha"])
     assert shelf.listed()["alpha"] == "verified"  # the stamp spares the next command a hash
     assert shelf.server.requests == []
@@ -84,7 +84,7 @@ def test_table_output_names_each_status(shelf: Shelf) -> None:
     result = shelf.cli("verify", "alpha", "beta", "gamma")
     assert result.exit_code == 4
     lines = result.stdout.splitlines()
-    assert any(line.startswith("alpha: ok") for line in lines)
+    assert any(line.startswith("alpha: verified") for line in lines)
     assert any(line.startswith("gamma: missing") for line in lines)
     beta = next(line for line in lines if line.startswith("beta: corrupt"))
     assert sha256_hex(shelf.data["beta"]) in beta and sha256_hex(b"wrong") in beta and "--repair" in beta
@@ -100,7 +100,7 @@ def test_missing_or_partial_only_exits_5(shelf: Shelf, state: str) -> None:
     assert code == 5
     assert records["alpha"]["status"] == ("missing" if state == "missing" else "partial")
     assert records["alpha"]["sha256_actual"] is None
-    assert records["beta"]["status"] == "ok"
+    assert records["beta"]["status"] == "verified"
     if "gamma" in names:
         assert (records["gamma"]["status"], records["gamma"]["sha256_actual"]) == ("missing", None)
 
@@ -127,7 +127,7 @@ def test_without_names_every_model_on_disk_is_checked(shelf: Shelf) -> None:
     shelf.put("beta", b"not beta")
     code, records = shelf.verify_json()
     assert code == 4
-    assert {name: r["status"] for name, r in records.items()} == {"alpha": "ok", "beta": "corrupt"}
+    assert {name: r["status"] for name, r in records.items()} == {"alpha": "verified", "beta": "corrupt"}
     # gamma is not on disk, and neither is any official model: none of them is listed.
     assert all(not name.startswith(("tiny", "base", "large")) for name in records)
 
@@ -144,7 +144,7 @@ def test_without_names_a_partial_download_exits_5(shelf: Shelf) -> None:
     (shelf.cache_dir / "beta.pt.part").write_bytes(b"x" * 100)
     code, records = shelf.verify_json()
     assert code == 5
-    assert {name: r["status"] for name, r in records.items()} == {"alpha": "ok", "beta": "partial"}
+    assert {name: r["status"] for name, r in records.items()} == {"alpha": "verified", "beta": "partial"}
 
 
 def test_verify_rehashes_in_full_despite_a_matching_stamp(shelf: Shelf) -> None:
@@ -168,7 +168,7 @@ def test_repair_downloads_the_corrupt_file_again(shelf: Shelf) -> None:
     shelf.put("beta", os.urandom(len(shelf.data["beta"])))
     code, records = shelf.verify_json("--repair", "alpha", "beta")
     assert code == 0
-    assert {name: r["status"] for name, r in records.items()} == {"alpha": "ok", "beta": "ok"}
+    assert {name: r["status"] for name, r in records.items()} == {"alpha": "verified", "beta": "verified"}
     assert records["beta"]["sha256_actual"] == sha256_hex(shelf.data["beta"])
     assert shelf.path("beta").read_bytes() == shelf.data["beta"]
     assert [(r.path, r.method) for r in shelf.server.requests] == [("/beta.pt", "GET")]  # only beta
@@ -182,6 +182,10 @@ def test_repair_that_cannot_download_still_exits_4(shelf: Shelf) -> None:
     assert code == 4
     assert records["beta"]["status"] == "corrupt"
     assert shelf.path("beta").read_bytes() == b"wrong"  # a failed repair leaves the file as it was
+    error = str(records["beta"]["error"])
+    assert error.startswith("not repaired: ") and "404" in error  # and says why
+    table = shelf.cli("verify", "--repair", "beta")
+    assert table.exit_code == 4 and "beta: corrupt" in table.stdout and "not repaired: " in table.stdout
 
 
 def test_library_verify_returns_records(shelf: Shelf) -> None:
@@ -201,7 +205,7 @@ def test_library_verify_returns_records(shelf: Shelf) -> None:
         on_bytes=on_bytes,
     )
     assert [(r.name, r.status, r.ok) for r in records] == [
-        ("alpha", "ok", True),
+        ("alpha", "verified", True),
         ("beta", "corrupt", False),
         ("gamma", "missing", False),
     ]

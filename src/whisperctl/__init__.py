@@ -28,6 +28,7 @@ from whisperctl.errors import (
     CacheError,
     DeviceError,
     DownloadError,
+    ExitCode,
     IntegrityError,
     NetworkError,
     NotCachedError,
@@ -38,7 +39,7 @@ from whisperctl.errors import (
 )
 from whisperctl.models.dims import ModelDimensions, ParameterCounts, count_parameters
 from whisperctl.models.registry import ModelSpec, Registry, load_registry
-from whisperctl.store.cache import Cache, CacheEntry, Stamp, default_cache_dir, resolve_cache_dir
+from whisperctl.store.cache import Cache, CacheEntry, Stamp, Status, default_cache_dir, resolve_cache_dir
 
 __all__ = [
     "Cache",
@@ -47,6 +48,7 @@ __all__ = [
     "CheckpointInfo",
     "DeviceError",
     "DownloadError",
+    "ExitCode",
     "IntegrityError",
     "ModelDimensions",
     "ModelSpec",
@@ -56,6 +58,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "Stamp",
+    "Status",
     "UnknownModelError",
     "UsageError",
     "WhisperctlError",

@@ -1,4 +1,4 @@
-"""The whisperctl error tree: one class per exit code.
+"""The whisperctl error tree: one class per exit code, and the exit codes themselves (:class:`ExitCode`).
 
 Every failure a user can act on is a :class:`WhisperctlError` whose message is one line saying what happened,
 where, and what to do next. The CLI maps each class to its documented exit code; anything else is a bug and
@@ -8,12 +8,14 @@ stays a traceback (exit 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import IntEnum
 from typing import Any
 
 __all__ = [
     "CacheError",
     "DeviceError",
     "DownloadError",
+    "ExitCode",
     "IntegrityError",
     "ManifestError",
     "NetworkError",
@@ -25,6 +27,20 @@ __all__ = [
     "WhisperctlError",
     "quoted",
 ]
+
+
+class ExitCode(IntEnum):
+    """whisperctl's exit codes, named once: the README's table, the errors' ``exit_code`` and the CLI."""
+
+    OK = 0
+    BUG = 1  # an unexpected exception: a traceback to report
+    USAGE = 2  # bad arguments, an unknown model name, a bad registry file or manifest, PyTorch missing
+    NETWORK = 3  # the network failed after every retry, an HTTP error, a refused redirect
+    INTEGRITY = 4  # a digest mismatch, a wrong size, a corrupt file, an invalid checkpoint
+    NOT_CACHED = 5  # not in the cache, and may not (or need not) be fetched
+    CACHE = 6  # the cache or a destination cannot be used: permissions, not a directory, no space, in use
+    DEVICE = 7  # the requested device is not available
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); a partial download is kept
 
 
 def quoted(value: str, limit: int = 80) -> str:
@@ -39,13 +55,13 @@ def quoted(value: str, limit: int = 80) -> str:
 class WhisperctlError(Exception):
     """Base class of every error whisperctl reports to a user."""
 
-    exit_code: int = 1
+    exit_code: ExitCode = ExitCode.BUG
 
 
 class UsageError(WhisperctlError):
     """Bad arguments or input (exit 2)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class UnknownModelError(UsageError):
@@ -72,31 +88,31 @@ class ManifestError(UsageError):
 class NetworkError(WhisperctlError):
     """The network failed after every retry (exit 3)."""
 
-    exit_code = 3
+    exit_code = ExitCode.NETWORK
 
 
 class IntegrityError(WhisperctlError):
     """A digest mismatch, a corrupt file or an invalid checkpoint (exit 4)."""
 
-    exit_code = 4
+    exit_code = ExitCode.INTEGRITY
 
 
 class NotCachedError(WhisperctlError):
     """The model is not in the cache and may not be fetched (exit 5)."""
 
-    exit_code = 5
+    exit_code = ExitCode.NOT_CACHED
 
 
 class CacheError(WhisperctlError):
     """The cache cannot be used: permissions, not a directory, no space (exit 6)."""
 
-    exit_code = 6
+    exit_code = ExitCode.CACHE
 
 
 class DeviceError(WhisperctlError):
     """The requested device is not available (exit 7)."""
 
-    exit_code = 7
+    exit_code = ExitCode.DEVICE
 
 
 class TorchMissingError(UsageError):
@@ -115,7 +131,7 @@ class DownloadError(WhisperctlError):
     ``records`` holds one ``DownloadRecord`` per model; ``exit_code`` is that of the first failure.
     """
 
-    def __init__(self, message: str, exit_code: int, records: Sequence[Any]) -> None:
+    def __init__(self, message: str, exit_code: ExitCode, records: Sequence[Any]) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.records = list(records)

@@ -7,6 +7,12 @@ nothing prints. The CLI (``whisperctl.cli``) is a thin layer over these function
 from __future__ import annotations
 
 from whisperctl.api.fleet import (
+    CacheKey,
+    DiskUsage,
+    ExportReport,
+    Freeze,
+    PruneReport,
+    RemoveReport,
     cache_key,
     disk_usage,
     export_mirror,
@@ -14,9 +20,9 @@ from whisperctl.api.fleet import (
     freeze,
     plan_prune,
     prune,
-    read_manifest,
     remove_models,
 )
+from whisperctl.api.manifest import parse_manifest, read_manifest, select_models
 from whisperctl.api.models import (
     CheckpointInfo,
     PathLike,
@@ -31,11 +37,26 @@ from whisperctl.api.models import (
     resolve_target,
     verify,
 )
+from whisperctl.models.registry import REGISTRY_ENV, default_registry_path
+from whisperctl.store.cache import CACHE_ENV, CacheEntry, Status, resolve_cache_dir
+from whisperctl.store.verify import VerifyRecord
 
 __all__ = [
+    "CACHE_ENV",
+    "REGISTRY_ENV",
+    "CacheEntry",
+    "CacheKey",
     "CheckpointInfo",
+    "DiskUsage",
+    "ExportReport",
+    "Freeze",
     "PathLike",
+    "PruneReport",
+    "RemoveReport",
+    "Status",
+    "VerifyRecord",
     "cache_key",
+    "default_registry_path",
     "disk_usage",
     "download",
     "export_mirror",
@@ -48,10 +69,13 @@ __all__ = [
     "model_info",
     "model_path",
     "open_context",
+    "parse_manifest",
     "plan_prune",
     "prune",
     "read_manifest",
     "remove_models",
+    "resolve_cache_dir",
     "resolve_target",
+    "select_models",
     "verify",
 ]

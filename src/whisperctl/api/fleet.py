@@ -15,22 +15,21 @@ files that are gone, unheld locks and stale temporary files, and only lists what
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from whisperctl.api.manifest import parse_manifest, read_manifest, select_models
 from whisperctl.api.models import PathLike, open_context
 from whisperctl.errors import (
     CacheError,
     IntegrityError,
-    ManifestError,
     NotCachedError,
     UnknownModelError,
     UsageError,
 )
-from whisperctl.models.registry import NAME_PATTERN, ModelSpec, Registry, load_registry
-from whisperctl.store.cache import LAYOUT_VERSION, Cache
+from whisperctl.models.registry import NAME_PATTERN, Registry, load_registry
+from whisperctl.store.cache import LAYOUT_VERSION, Cache, Status
 from whisperctl.store.housekeeping import (
     DiskUsage,
     RemovedFile,
@@ -57,6 +56,7 @@ __all__ = [
     "PrunePlan",
     "PruneReport",
     "RemoveRecord",
+    "RemoveReport",
     "RemovedFile",
     "UsageEntry",
     "cache_key",
@@ -74,57 +74,7 @@ __all__ = [
 KEY_PREFIX = "whisper"
 
 
-# -- manifests -----------------------------------------------------------------------------------------------
-def parse_manifest(text: str, registry: Registry, *, source: str = "manifest") -> list[ModelSpec]:
-    """The models a manifest names, in order, each once; one :class:`ManifestError` names every bad line."""
-    specs: dict[str, ModelSpec] = {}
-    problems: list[str] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        words = line.split("#", 1)[0].split()
-        if not words:
-            continue
-        if len(words) > 1:
-            problems.append(f"line {lineno}: {' '.join(words)!r} is not one model name")
-            continue
-        try:
-            spec = registry.get(words[0])
-        except UnknownModelError as exc:
-            hint = (
-                f" (did you mean {', '.join(repr(s) for s in exc.suggestions)}?)" if exc.suggestions else ""
-            )
-            problems.append(f"line {lineno}: unknown model {words[0]!r}{hint}")
-            continue
-        specs.setdefault(spec.name, spec)
-    if problems:
-        raise ManifestError(
-            f"{source}: {'; '.join(problems)}; write one model name a line (`whisperctl list` shows them), "
-            "or add the model to your registry file"
-        )
-    if not specs:
-        raise ManifestError(
-            f"{source}: names no model (only comments and blank lines); write one name a line"
-        )
-    return list(specs.values())
-
-
-def read_manifest(path: PathLike, *, registry: Registry | PathLike | None = None) -> list[ModelSpec]:
-    """The models named in a manifest file (``-`` is standard input); see :func:`parse_manifest`."""
-    reg = registry if isinstance(registry, Registry) else load_registry(registry)
-    if str(path) == "-":
-        return parse_manifest(sys.stdin.read(), reg, source="<stdin>")
-    try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise ManifestError(
-            f"{path}: cannot read the manifest ({exc.strerror or exc}); check the path given to -r"
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise ManifestError(
-            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from exc
-    return parse_manifest(text, reg, source=str(path))
-
-
+# -- freeze --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FrozenModel:
     """A model whose file in the cache is verified."""
@@ -155,10 +105,10 @@ def freeze(
     models, corrupt = [], []
     for e in entries:
         status = hashed.get(e.spec.name, e.status)
-        if status in ("verified", "ok"):
+        if status is Status.VERIFIED:
             size = e.size_on_disk if e.size_on_disk is not None else e.path.stat().st_size
             models.append(FrozenModel(e.spec.name, e.spec.filename, e.spec.sha256, size, e.path))
-        elif status == "corrupt":
+        elif status is Status.CORRUPT:
             corrupt.append(e.spec.name)
     return Freeze(models, corrupt)
 
@@ -179,6 +129,7 @@ def export_mirror(
     dest: PathLike,
     names: Sequence[str] = (),
     *,
+    manifest: PathLike | None = None,
     all_cached: bool = False,
     cache_dir: PathLike | None = None,
     registry: Registry | PathLike | None = None,
@@ -187,27 +138,28 @@ def export_mirror(
 
     Each file is a hard link to the cached one where the filesystem allows, else a copy, and reaches its name
     only after its SHA-256 matched. Every model must be cached first (:class:`NotCachedError` otherwise,
-    raised before anything is written). ``SHA256SUMS`` keeps the lines of earlier exports whose files remain,
+    raised before anything is written). ``manifest`` adds the models of a manifest file to ``names``.
+    ``SHA256SUMS`` keeps the lines of earlier exports whose files remain,
     so that a tree can be filled model by model; ``sha256sum -c SHA256SUMS`` checks it.
     """
     reg, cache = open_context(cache_dir, registry)
     if all_cached:
-        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.exists and e.status != "corrupt"]
+        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.exists and e.status is not Status.CORRUPT]
         if not specs:
             raise NotCachedError(
                 f"{cache.root}: no model in the cache to export; run `whisperctl download` first"
             )
-    elif names:
-        specs = reg.resolve(list(names))
+    elif names or manifest is not None:
+        specs = select_models(reg, names, manifest=manifest)
     else:
-        raise UsageError("export: name at least one model, or use --all-cached")
+        raise UsageError("export: name at least one model, or use --all-cached or -r FILE")
     entries = [cache.entry(spec) for spec in specs]
     for e in entries:
         if e.status in ("missing", "partial"):
             raise NotCachedError(
                 f"{e.spec.name}: not in the cache ({e.path}); run `whisperctl download {e.spec.name}` first"
             )
-        if e.status == "corrupt":
+        if e.status is Status.CORRUPT:
             raise IntegrityError(
                 f"{e.spec.name}: {e.path} failed verification; run `whisperctl verify --repair "
                 f"{e.spec.name}` first"
@@ -222,7 +174,8 @@ def export_mirror(
     records: list[ExportRecord] = []
     try:
         for e in entries:
-            records.append(export_file(e.spec, e.path, e.stamp if e.status == "verified" else None, root))
+            stamp = e.stamp if e.status is Status.VERIFIED else None
+            records.append(export_file(e.spec, e.path, stamp, root))
     finally:
         sums = write_sums(root, records)
     return ExportReport(root, sums, records)
@@ -241,9 +194,20 @@ def _cache_file_name(reg: Registry, cache: Cache, name: str) -> str:
         raise
 
 
+@dataclass(frozen=True)
+class RemoveReport:
+    """What ``rm`` removed, one record per name."""
+
+    models: list[RemoveRecord]
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(r.bytes_freed for r in self.models)
+
+
 def remove_models(
     names: Sequence[str], *, cache_dir: PathLike | None = None, registry: Registry | PathLike | None = None
-) -> list[RemoveRecord]:
+) -> RemoveReport:
     """Remove models from the cache: file, partial file, sidecar, stamp and lock; one record per name.
 
     A name that is not in the registry may name a file in the cache itself (``old`` or ``old.pt``), so
@@ -253,7 +217,7 @@ def remove_models(
     """
     reg, cache = open_context(cache_dir, registry)
     cache.check_readable()
-    return remove_files(cache, [_cache_file_name(reg, cache, name) for name in names])
+    return RemoveReport(remove_files(cache, [_cache_file_name(reg, cache, name) for name in names]))
 
 
 def plan_prune(
@@ -306,16 +270,22 @@ class CacheKey:
     models: list[tuple[str, str]]
 
 
-def cache_key(names: Sequence[str], *, registry: Registry | PathLike | None = None) -> CacheKey:
+def cache_key(
+    names: Sequence[str] = (),
+    *,
+    manifest: PathLike | None = None,
+    registry: Registry | PathLike | None = None,
+) -> CacheKey:
     """A short key that changes exactly when a model's digest (or whisperctl's cache layout) changes.
 
     It depends on no path, host name or order, so every machine computes the same key for the same models:
-    ``printf 'tiny 6514...\\n' | sha256sum | cut -c1-16`` gives its hex part.
+    ``printf 'tiny 6514...\\n' | sha256sum | cut -c1-16`` gives its hex part. ``manifest`` adds the models
+    of a manifest file to ``names``.
     """
-    if not names:
+    if not names and manifest is None:
         raise UsageError("cache-key: name at least one model, or give a manifest with -r")
     reg = registry if isinstance(registry, Registry) else load_registry(registry)
-    models = sorted((spec.name, spec.sha256) for spec in reg.resolve(list(names)))
+    models = sorted((spec.name, spec.sha256) for spec in select_models(reg, names, manifest=manifest))
     text = "".join(f"{name} {digest}\n" for name, digest in models)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return CacheKey(f"{KEY_PREFIX}-{LAYOUT_VERSION}-{digest}", LAYOUT_VERSION, models)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from whisperctl.api.manifest import select_models
 from whisperctl.errors import (
     DownloadError,
     IntegrityError,
@@ -18,7 +20,7 @@ from whisperctl.errors import (
     quoted,
 )
 from whisperctl.models.registry import ModelSpec, Registry, load_registry
-from whisperctl.store.cache import Cache, CacheEntry, resolve_cache_dir
+from whisperctl.store.cache import Cache, CacheEntry, Status, resolve_cache_dir
 from whisperctl.store.verify import VerifyRecord, verify_models
 
 if TYPE_CHECKING:
@@ -82,16 +84,16 @@ def model_path(
     """
     entry = model_info(name, cache_dir=cache_dir, registry=registry)
     spec = entry.spec
-    if entry.status == "missing":
+    if entry.status is Status.MISSING:
         raise NotCachedError(
             f"{spec.name}: not in the cache ({entry.path}); run `whisperctl download {spec.name}`"
         )
-    if entry.status == "partial":
+    if entry.status is Status.PARTIAL:
         raise NotCachedError(
             f"{spec.name}: only a partial download is in the cache ({entry.partial_path}); "
             f"run `whisperctl download {spec.name}` to finish it"
         )
-    if entry.status == "corrupt":
+    if entry.status is Status.CORRUPT:
         actual = entry.stamp.sha256 if entry.stamp else "unknown"
         raise IntegrityError(
             f"{spec.name}: {entry.path} failed verification (expected SHA-256 {spec.sha256}, got {actual}); "
@@ -110,15 +112,17 @@ def _mirrors(mirrors: Sequence[str] | None) -> tuple[Mirror, ...]:
 
 
 def download(
-    names: Sequence[str],
+    names: Sequence[str] = (),
     *,
+    manifest: PathLike | None = None,
+    all_models: bool = False,
     cache_dir: PathLike | None = None,
     registry: Registry | PathLike | None = None,
     mirrors: Sequence[str] | None = None,
     offline: bool | None = None,
     force: bool = False,
     jobs: int = 4,
-    connections: int = 8,
+    connections: int | None = None,
     options: TransferOptions | None = None,
     progress: DownloadProgress | None = None,
     client: httpx.AsyncClient | None = None,
@@ -126,10 +130,15 @@ def download(
 ) -> list[DownloadRecord]:
     """Download models into the cache, verified; one :class:`DownloadRecord` per model.
 
+    The models are ``names``, then those of the ``manifest`` file (every line checked before anything
+    starts), or with ``all_models`` every model of the registry.
     ``mirrors`` (URLs or directories in the official ``<base>/<sha256>/<filename>`` layout) are tried in order
     before the official URL; ``None`` reads ``$WHISPERCTL_MIRROR``. ``offline=None`` reads
-    ``$WHISPERCTL_OFFLINE``. With ``check=True`` a failure raises :class:`DownloadError` (after every model
-    was tried), which carries the records; with ``check=False`` failures are records with ``status="failed"``.
+    ``$WHISPERCTL_OFFLINE``. ``options`` tunes the transfers (default: ``TransferOptions()``);
+    ``connections``, when given, replaces its ``connections`` (parallel ranges per large file, 8 by
+    default), so that it is never ignored. With
+    ``check=True`` a failure raises :class:`DownloadError` (after every model was tried), which carries the
+    records; with ``check=False`` failures are records with ``status="failed"``.
     """
     import asyncio
 
@@ -137,8 +146,10 @@ def download(
     from whisperctl.fetch.transfer import TransferOptions
 
     reg, cache = open_context(cache_dir, registry)
-    specs = reg.resolve(list(names))
-    opts = options or TransferOptions(connections=connections)
+    specs = select_models(reg, names, manifest=manifest, all_models=all_models)
+    opts = options or TransferOptions()
+    if connections is not None:
+        opts = dataclasses.replace(opts, connections=connections)
     records = asyncio.run(
         download_models(
             specs,
@@ -161,19 +172,48 @@ def download(
 def verify(
     names: Sequence[str] | None = None,
     *,
+    repair: bool = False,
     cache_dir: PathLike | None = None,
     registry: Registry | PathLike | None = None,
     jobs: int = 4,
     on_start: Callable[[ModelSpec, int], None] | None = None,
     on_bytes: Callable[[ModelSpec, int], None] | None = None,
+    progress: DownloadProgress | None = None,
 ) -> list[VerifyRecord]:
-    """Re-hash cached models in full and update their stamps (with no ``names``: every model on disk)."""
+    """Re-hash cached models in full and update their stamps (with no ``names``: every model on disk).
+
+    A corrupt file is reported, not removed. With ``repair=True`` each corrupt model is downloaded again
+    (``progress`` follows those downloads) and its record is then that of the new file, ``verified`` from
+    the digest measured while it streamed; a repair that fails leaves the file as it was, and its record
+    ``corrupt``, with the reason in ``error``.
+    """
     reg, cache = open_context(cache_dir, registry)
     if names:
         specs = reg.resolve(list(names))
     else:
-        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.status != "missing"]
-    return verify_models(specs, cache, jobs=jobs, on_start=on_start, on_bytes=on_bytes)
+        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.status is not Status.MISSING]
+    records = verify_models(specs, cache, jobs=jobs, on_start=on_start, on_bytes=on_bytes)
+    corrupt = [r.name for r in records if r.status is Status.CORRUPT]
+    if not repair or not corrupt:
+        return records
+    downloads = download(
+        corrupt, cache_dir=cache.root, registry=reg, force=True, progress=progress, check=False
+    )
+    fetched = {d.name: d for d in downloads}
+    return [_repaired(r, fetched[r.name]) if r.name in fetched else r for r in records]
+
+
+def _repaired(record: VerifyRecord, fetched: DownloadRecord) -> VerifyRecord:
+    """A corrupt file's record after ``download --force``: the new file's, or the old one's if it failed."""
+    if not fetched.ok:
+        return dataclasses.replace(record, error=f"not repaired: {fetched.error}")
+    return dataclasses.replace(
+        record,
+        status=Status.VERIFIED,
+        sha256_actual=fetched.sha256,
+        size_bytes=fetched.size_bytes,
+        error=None,
+    )
 
 
 def resolve_target(registry: Registry, name_or_path: PathLike) -> ModelSpec | Path:
@@ -280,7 +320,7 @@ def _ensure_cached(
 ) -> str:
     """Make the model's file present and verified; say how it was checked."""
     entry = cache.entry(spec)
-    if entry.status in ("missing", "partial"):
+    if entry.status in (Status.MISSING, Status.PARTIAL):
         if offline:
             raise NotCachedError(
                 f"{spec.name}: not in the cache ({entry.path}) and offline; "
@@ -292,9 +332,9 @@ def _ensure_cached(
         )
         seconds["download"] = time.perf_counter() - start
         return "downloaded, SHA-256 verified"
-    if entry.status == "verified" and not verify:
+    if entry.status is Status.VERIFIED and not verify:
         return "SHA-256 verified (stamp)"
-    actual = entry.stamp.sha256 if entry.status == "corrupt" and entry.stamp else None
+    actual = entry.stamp.sha256 if entry.status is Status.CORRUPT and entry.stamp else None
     if actual is None or verify:  # a stamp that still matches the file and says corrupt is not re-read
         start = time.perf_counter()
         (record,) = verify_models([spec], cache, jobs=1)

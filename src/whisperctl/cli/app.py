@@ -20,20 +20,16 @@ from whisperctl._version import __version__
 from whisperctl.cli.render import (
     Bars,
     Output,
-    checkpoint_json,
-    download_json,
-    entry_info_json,
-    entry_list_json,
-    load_json,
-    verify_json,
+    render_du,
+    render_export,
+    render_freeze,
+    render_info,
+    render_prune,
+    render_remove,
 )
-from whisperctl.errors import WhisperctlError
-from whisperctl.models.registry import REGISTRY_ENV
-from whisperctl.store.cache import CACHE_ENV
+from whisperctl.errors import ExitCode, WhisperctlError
 
 __all__ = ["app", "main"]
-
-EXIT_INTERRUPTED = 130
 
 
 class _Group(TyperGroup):
@@ -47,7 +43,7 @@ class _Group(TyperGroup):
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _output(ctx).error("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
 
 
 app = typer.Typer(
@@ -84,7 +80,7 @@ def _output(ctx: typer.Context) -> Output:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"whisperctl {__version__}")
+        Output().line(f"whisperctl {__version__}")
         raise typer.Exit()
 
 
@@ -95,7 +91,7 @@ def _main(
         Path | None,
         typer.Option(
             "--cache-dir",
-            envvar=CACHE_ENV,
+            envvar=api.CACHE_ENV,
             help="Cache directory (default: $XDG_CACHE_HOME/whisper, else ~/.cache/whisper).",
             show_default=False,
         ),
@@ -104,7 +100,7 @@ def _main(
         Path | None,
         typer.Option(
             "--registry",
-            envvar=REGISTRY_ENV,
+            envvar=api.REGISTRY_ENV,
             help="User registry TOML file (default: models.toml in the user config dir).",
             show_default=False,
         ),
@@ -123,11 +119,8 @@ def _main(
     output = Output(quiet=quiet, verbose=verbose)
     ctx.obj = State(cache_dir=cache_dir, registry=registry, output=output)
     if verbose:
-        from whisperctl.models.registry import default_registry_path
-        from whisperctl.store.cache import resolve_cache_dir
-
-        reg = registry or os.environ.get(REGISTRY_ENV) or f"{default_registry_path()} (default)"
-        output.debug(f"whisperctl {__version__}; cache {resolve_cache_dir(cache_dir)}; registry {reg}")
+        reg = registry or os.environ.get(api.REGISTRY_ENV) or f"{api.default_registry_path()} (default)"
+        output.debug(f"whisperctl {__version__}; cache {api.resolve_cache_dir(cache_dir)}; registry {reg}")
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
@@ -146,10 +139,9 @@ def list_(
     st = _state(ctx)
     entries = api.list_models(cache_dir=st.cache_dir, registry=st.registry, cached=cached)
     if as_json:
-        st.output.json([entry_list_json(e) for e in entries])
-        return
-    root = entries[0].path.parent if entries else api.open_context(st.cache_dir, st.registry)[1].root
-    st.output.model_table(entries, cache_root=str(root))
+        st.output.json(entries)
+    else:
+        st.output.model_table(entries, cache_root=str(api.resolve_cache_dir(st.cache_dir)))
 
 
 TargetArg = Annotated[
@@ -177,20 +169,9 @@ def info(
     """
     st = _state(ctx)
     found = api.inspect(target, cache_dir=st.cache_dir, registry=st.registry, hash=verify)
-    if found.entry is not None:
-        if as_json:
-            data = entry_info_json(found.entry)
-            data["checkpoint"] = checkpoint_json(found) if found.entry.exists else None
-            st.output.json(data)
-        else:
-            st.output.model_details(found.entry)
-            st.output.checkpoint_details(found)
-    elif as_json:
-        st.output.json(checkpoint_json(found))
-    else:
-        st.output.checkpoint_details(found)
+    render_info(st.output, found, as_json=as_json)
     if found.entry is None and not found.ok:
-        raise typer.Exit(4)
+        raise typer.Exit(ExitCode.INTEGRITY)
 
 
 @app.command()
@@ -247,23 +228,20 @@ def download(
     as_json: JsonOpt = False,
 ) -> None:
     """Download models into the cache, verified (SHA-256) while they stream; resumes interrupted downloads."""
-    from whisperctl.fetch.download import env_offline
-    from whisperctl.fetch.transfer import TransferOptions
+    from whisperctl.fetch.transfer import TransferOptions  # the engine's options, with httpx: only here
 
-    st = _state(ctx)
-    registry, _ = api.open_context(st.cache_dir, st.registry)
-    if all_:
-        names = [spec.name for spec in registry]
-    names = _with_manifest(names, requirements, registry)
-    if not names:
+    if not (names or all_ or requirements):
         raise typer.BadParameter("name at least one model, or use --all or -r FILE", param_hint="NAMES")
+    st = _state(ctx)
     with Bars(st.output) as bars:
         records = api.download(
-            names,
+            names or (),
+            manifest=requirements,
+            all_models=all_,
             cache_dir=st.cache_dir,
-            registry=registry,
+            registry=st.registry,
             mirrors=mirror or None,
-            offline=offline or env_offline(),
+            offline=offline or None,  # None: WHISPERCTL_OFFLINE decides
             force=force,
             jobs=jobs,
             options=TransferOptions(connections=connections, stall_timeout=stall_timeout),
@@ -271,7 +249,7 @@ def download(
             check=False,
         )
     if as_json:
-        st.output.json([download_json(r) for r in records])
+        st.output.json(records)
     failed = [r for r in records if not r.ok]
     for r in failed:
         st.output.error(str(r.error))
@@ -289,37 +267,27 @@ def verify(
 ) -> None:
     """Re-hash cached models in full (all cached models when none is named) and update their stamps.
 
-    Exit 0 when every model is ok, 5 when the only problem is models not (fully) downloaded, else 4.
+    Exit 0 when every model is verified, 5 when the only problem is models not (fully) downloaded, else 4.
     """
     st = _state(ctx)
-    registry, _ = api.open_context(st.cache_dir, st.registry)
     with Bars(st.output, label="verified") as bars:
         records = api.verify(
             names,
+            repair=repair,
             cache_dir=st.cache_dir,
-            registry=registry,
+            registry=st.registry,
             jobs=jobs,
             on_start=lambda spec, size: bars.start(spec.name, size, 0),
             on_bytes=lambda spec, n: bars.advance(spec.name, n),
+            progress=bars,
         )
-    corrupt = [r.name for r in records if r.status == "corrupt"]
-    if repair and corrupt:
-        with Bars(st.output) as bars:
-            api.download(
-                corrupt, cache_dir=st.cache_dir, registry=registry, force=True, progress=bars, check=False
-            )
-        repaired = {
-            r.name: r for r in api.verify(corrupt, cache_dir=st.cache_dir, registry=registry, jobs=jobs)
-        }
-        records = [repaired.get(r.name, r) for r in records]
     if as_json:
-        st.output.json([verify_json(r) for r in records])
+        st.output.json(records)
     else:
-        for r in records:
-            st.output.verify_line(r)
-    bad = [r for r in records if not r.ok]
-    if bad:
-        raise typer.Exit(5 if all(r.status in ("missing", "partial") for r in bad) else 4)
+        st.output.verify_lines(records)
+    codes = {r.exit_code for r in records} - {ExitCode.OK}
+    if codes:  # a corrupt file outweighs a missing one
+        raise typer.Exit(ExitCode.INTEGRITY if ExitCode.INTEGRITY in codes else ExitCode.NOT_CACHED)
 
 
 @app.command()
@@ -381,39 +349,18 @@ def load(
             progress=bars,
         )
     if as_json:
-        st.output.json(load_json(loaded.report))
+        st.output.json(loaded.report)
     elif not st.output.quiet:
         st.output.load_report(loaded.report)
 
 
 # -- fleets and CI: manifests, freeze, export, rm, prune, du, cache-key -------------------------------------
-def _with_manifest(names: list[str] | None, requirements: Path | None, registry: Any) -> list[str]:
-    """The names given, then those of the manifest (checked line by line before anything starts: exit 2)."""
-    from whisperctl.api.fleet import read_manifest
-
-    found = list(names or [])
-    if requirements is not None:
-        found += [spec.name for spec in read_manifest(requirements, registry=registry)]
-    return found
-
-
 @app.command()
 def freeze(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Print the cached, verified models as a manifest for `download -r`, their digests as comments."""
-    from whisperctl.api.fleet import format_manifest
-    from whisperctl.api.fleet import freeze as freeze_cache
-    from whisperctl.cli.render import freeze_json
-
     st = _state(ctx)
-    frozen = freeze_cache(cache_dir=st.cache_dir, registry=st.registry)
-    for name in frozen.corrupt:
-        st.output.error(
-            f"{name}: left out, its file failed verification; run `whisperctl verify --repair {name}`"
-        )
-    if as_json:
-        st.output.json(freeze_json(frozen))
-    else:
-        st.output.out.file.write(format_manifest(frozen.models))
+    frozen = api.freeze(cache_dir=st.cache_dir, registry=st.registry)
+    render_freeze(st.output, frozen, as_json=as_json)
 
 
 @app.command()
@@ -429,19 +376,17 @@ def export(
 
     Any static web server serving DIR is a mirror for `--mirror URL`; DIR itself is one for `--mirror DIR`.
     """
-    from whisperctl.api.fleet import export_mirror
-    from whisperctl.cli.render import export_json, render_export
-
     st = _state(ctx)
-    registry, _ = api.open_context(st.cache_dir, st.registry)
-    names = _with_manifest(names, requirements, registry)
-    if not names and not all_cached:
-        raise typer.BadParameter(
-            "name at least one model, or use --all-cached or -r FILE", param_hint="NAMES"
-        )
-    report = export_mirror(dest, names, all_cached=all_cached, cache_dir=st.cache_dir, registry=registry)
+    report = api.export_mirror(
+        dest,
+        names or (),
+        manifest=requirements,
+        all_cached=all_cached,
+        cache_dir=st.cache_dir,
+        registry=st.registry,
+    )
     if as_json:
-        st.output.json(export_json(report))
+        st.output.json(report)
     else:
         render_export(st.output, report)
 
@@ -453,15 +398,12 @@ def rm(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove models from the cache: file, partial download, stamp and lock. Reports the bytes freed."""
-    from whisperctl.api.fleet import remove_models
-    from whisperctl.cli.render import remove_json, render_remove
-
     st = _state(ctx)
-    records = remove_models(names, cache_dir=st.cache_dir, registry=st.registry)
+    report = api.remove_models(names, cache_dir=st.cache_dir, registry=st.registry)
     if as_json:
-        st.output.json(remove_json(records))
+        st.output.json(report)
     else:
-        render_remove(st.output, records)
+        render_remove(st.output, report)
 
 
 @app.command()
@@ -471,13 +413,10 @@ def prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove stale partial downloads, stamps of gone files, unheld locks; never models or unknown files."""
-    from whisperctl.api.fleet import prune as prune_cache
-    from whisperctl.cli.render import prune_json, render_prune
-
     st = _state(ctx)
-    report = prune_cache(dry_run=dry_run, cache_dir=st.cache_dir, registry=st.registry)
+    report = api.prune(dry_run=dry_run, cache_dir=st.cache_dir, registry=st.registry)
     if as_json:
-        st.output.json(prune_json(report))
+        st.output.json(report)
     else:
         render_prune(st.output, report)
 
@@ -485,13 +424,10 @@ def prune(
 @app.command()
 def du(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Bytes used in the cache, per model (partial downloads included) and in all."""
-    from whisperctl.api.fleet import disk_usage
-    from whisperctl.cli.render import du_json, render_du
-
     st = _state(ctx)
-    usage = disk_usage(cache_dir=st.cache_dir, registry=st.registry)
+    usage = api.disk_usage(cache_dir=st.cache_dir, registry=st.registry)
     if as_json:
-        st.output.json(du_json(usage))
+        st.output.json(usage)
     else:
         render_du(st.output, usage)
 
@@ -501,17 +437,10 @@ def cache_key(
     ctx: typer.Context, names: NamesArg = None, requirements: ManifestOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Print a short key that changes exactly when a model's digest changes: for CI caches and build args."""
-    from whisperctl.api.fleet import cache_key as compute_key
-    from whisperctl.cli.render import cache_key_json
-
     st = _state(ctx)
-    registry, _ = api.open_context(st.cache_dir, st.registry)
-    names = _with_manifest(names, requirements, registry)
-    if not names:
-        raise typer.BadParameter("name at least one model, or use -r FILE", param_hint="NAMES")
-    key = compute_key(names, registry=registry)
+    key = api.cache_key(names or (), manifest=requirements, registry=st.registry)
     if as_json:
-        st.output.json(cache_key_json(key))
+        st.output.json(key)
     else:
         st.output.line(key.key)
 

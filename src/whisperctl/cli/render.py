@@ -1,4 +1,4 @@
-"""Rendering: rich tables for people, JSON for programs. The only module that prints.
+"""Rendering: rich tables and progress bars for people, JSON for programs. The only module that prints.
 
 Data goes to stdout, diagnostics to stderr, so ``whisperctl path tiny`` and ``--json`` can be piped.
 Colours are off when ``NO_COLOR`` is set or the stream is not a terminal (rich decides both).
@@ -25,45 +25,43 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from whisperctl.api import Status, format_manifest
+from whisperctl.cli.records import to_json
 from whisperctl.models.dims import count_parameters
-from whisperctl.store.cache import CacheEntry
 
 if TYPE_CHECKING:
-    from whisperctl.api import CheckpointInfo
-    from whisperctl.api.fleet import CacheKey, DiskUsage, ExportReport, Freeze, PruneReport, RemoveRecord
+    from whisperctl.api import (
+        CacheEntry,
+        CheckpointInfo,
+        DiskUsage,
+        ExportReport,
+        Freeze,
+        PruneReport,
+        RemoveReport,
+        VerifyRecord,
+    )
     from whisperctl.fetch.download import DownloadRecord
     from whisperctl.models.loader import LoadReport
-    from whisperctl.store.verify import VerifyRecord
 
 __all__ = [
     "Bars",
     "Output",
-    "cache_key_json",
-    "checkpoint_json",
-    "download_json",
-    "du_json",
-    "entry_info_json",
-    "entry_list_json",
-    "export_json",
-    "freeze_json",
     "human_bytes",
     "human_count",
-    "load_json",
-    "prune_json",
-    "remove_json",
     "render_du",
     "render_export",
+    "render_freeze",
+    "render_info",
     "render_prune",
     "render_remove",
-    "verify_json",
 ]
 
 _STATUS_STYLE = {
-    "verified": "green",
-    "present": "cyan",
-    "partial": "yellow",
-    "corrupt": "bold red",
-    "missing": "dim",
+    Status.VERIFIED: "green",
+    Status.PRESENT: "cyan",
+    Status.PARTIAL: "yellow",
+    Status.CORRUPT: "bold red",
+    Status.MISSING: "dim",
 }
 
 
@@ -87,51 +85,6 @@ def human_count(n: int | None) -> str:
     if n >= 1_000_000:
         return f"{n / 1e6:.1f}M"
     return f"{n:,}"
-
-
-def entry_list_json(entry: CacheEntry) -> dict[str, Any]:
-    spec = entry.spec
-    params = spec.parameters
-    return {
-        "name": spec.name,
-        "aliases": list(spec.aliases),
-        "filename": spec.filename,
-        "url": spec.url,
-        "sha256": spec.sha256,
-        "size_bytes": spec.size_bytes,
-        "parameters": params.total if params else None,
-        "english_only": spec.english_only,
-        "status": entry.status,
-        "path": str(entry.path),
-        "source": spec.source,
-    }
-
-
-def entry_info_json(entry: CacheEntry) -> dict[str, Any]:
-    spec = entry.spec
-    params = spec.parameters
-    heads = spec.alignment_heads
-    return {
-        "name": spec.name,
-        "aliases": list(spec.aliases),
-        "source": spec.source,
-        "filename": spec.filename,
-        "english_only": spec.english_only,
-        "dims": spec.dims.as_dict() if spec.dims else None,
-        "parameters": params.as_dict() if params else None,
-        "sha256": spec.sha256,
-        "url": spec.url,
-        "size_bytes": spec.size_bytes,
-        "alignment_heads": (
-            {"count": len(heads), "pairs": [list(p) for p in heads], "source": spec.source}
-            if heads is not None
-            else None
-        ),
-        "status": entry.status,
-        "path": str(entry.path),
-        "size_on_disk": entry.size_on_disk,
-        "sha256_measured": entry.stamp.sha256 if entry.stamp else None,
-    }
 
 
 @dataclass
@@ -158,26 +111,36 @@ class Output:
 
     # -- data (stdout) -----------------------------------------------------------------------------------
     def json(self, data: Any) -> None:
+        """Any record, or list of records, through the one conversion (:func:`.records.to_json`)."""
         # Plain print: no wrapping, no markup, exactly one JSON document.
-        self.out.file.write(json.dumps(data, indent=2) + "\n")
+        self.out.file.write(json.dumps(to_json(data), indent=2) + "\n")
         self.out.file.flush()
 
     def line(self, text: str) -> None:
-        self.out.file.write(text + "\n")
+        self.text(text + "\n")
+
+    def text(self, text: str) -> None:
+        """Text as it is (a manifest, a path): no wrapping, no markup."""
+        self.out.file.write(text)
         self.out.file.flush()
 
+    def verify_lines(self, records: Sequence[VerifyRecord]) -> None:
+        for record in records:
+            self.verify_line(record)
+
     def verify_line(self, record: VerifyRecord) -> None:
-        style = {"ok": "green", "corrupt": "bold red", "partial": "yellow", "missing": "dim"}[record.status]
-        text = Text(f"{record.name}: ") + Text(record.status, style=style)
-        if record.status == "corrupt":
-            actual = record.sha256_actual or record.error or "unreadable"
+        text = Text(f"{record.name}: ") + Text(record.status, style=_STATUS_STYLE[record.status])
+        if record.status is Status.CORRUPT:
+            actual = record.sha256_actual or "unreadable"
             text.append(
                 f" (expected SHA-256 {record.sha256_expected}, got {actual}); run `whisperctl verify "
                 f"--repair {record.name}` or `whisperctl download --force {record.name}`"
             )
-        elif record.status == "ok":
+            if record.error:
+                text.append(f" ({record.error})")
+        elif record.status is Status.VERIFIED:
             text.append(f" {record.path}", style="dim")
-        elif record.status == "partial":
+        elif record.status is Status.PARTIAL:
             text.append(f" (unfinished download); run `whisperctl download {record.name}` to finish it")
         else:
             text.append(f" (not in the cache); run `whisperctl download {record.name}`")
@@ -238,7 +201,7 @@ class Output:
         else:
             rows.append(("alignment heads", f"{len(heads)}: " + " ".join(f"({a},{b})" for a, b in heads)))
         status = Text(entry.status, style=_STATUS_STYLE[entry.status])
-        if entry.stamp is not None and entry.status in ("verified", "corrupt"):
+        if entry.stamp is not None and entry.status in (Status.VERIFIED, Status.CORRUPT):
             status.append(f" (SHA-256 {entry.stamp.sha256} measured)", style="dim")
         rows += [("status", status), ("path", str(entry.path))]
         self._rows(rows)
@@ -322,77 +285,26 @@ class Output:
         self._rows(rows)
 
 
-def load_json(report: LoadReport) -> dict[str, Any]:
-    return {
-        "name": report.name,
-        "path": str(report.path),
-        "into": report.into,
-        "device": report.device,
-        "dtype": report.dtype,
-        "checkpoint_dtype": report.checkpoint_dtype,
-        "integrity": report.integrity,
-        "parameters": report.parameters.as_dict(),
-        "parts": [
-            {
-                "name": p.name,
-                "device": p.device,
-                "dtype": p.dtype,
-                "parameters": p.parameters,
-                "bytes": p.bytes,
-            }
-            for p in report.parts
-        ],
-        "alignment_heads": {"count": report.alignment_heads, "source": report.alignment_heads_source},
-        "seconds": report.seconds,
-        "peak_rss_bytes": report.peak_rss_bytes,
-        "peak_gpu_bytes": report.peak_gpu_bytes,
-        "mapped": report.mapped,
-    }
+def render_info(output: Output, found: CheckpointInfo, *, as_json: bool) -> None:
+    """A model's facts then its file's, or a checkpoint file's alone; in JSON, a model's object holds its
+    file's as ``checkpoint`` (null when there is no file)."""
+    entry = found.entry
+    if as_json:
+        if entry is None:
+            output.json(found)
+        else:
+            output.json({**_object(entry), "checkpoint": to_json(found) if entry.exists else None})
+        return
+    if entry is not None:
+        output.model_details(entry)
+    output.checkpoint_details(found)
 
 
-def checkpoint_json(info: CheckpointInfo) -> dict[str, Any]:
-    ckpt = info.checkpoint
-    return {
-        "path": str(info.path),
-        "readable": ckpt is not None,
-        "error": info.error,
-        "size_bytes": ckpt.size_bytes if ckpt else None,
-        "dims": ckpt.dims.as_dict() if ckpt else None,
-        "parameters": count_parameters(ckpt.dims).as_dict() if ckpt else None,
-        "tensors": len(ckpt.tensors) if ckpt else None,
-        "dtypes": ckpt.dtypes if ckpt else None,
-        "tensor_bytes": ckpt.tensor_bytes if ckpt else None,
-        "problems": info.problems,
-        "sha256": info.sha256,
-        "matches": info.matches,
-    }
-
-
-def download_json(record: DownloadRecord) -> dict[str, Any]:
-    return {
-        "name": record.name,
-        "path": str(record.path),
-        "sha256": record.sha256,
-        "size_bytes": record.size_bytes,
-        "status": record.status,
-        "seconds": record.seconds,
-        "source": record.source,
-        "error": record.error,
-        "resumed_from": record.resumed_from,
-        "warnings": list(record.warnings),
-    }
-
-
-def verify_json(record: VerifyRecord) -> dict[str, Any]:
-    return {
-        "name": record.name,
-        "path": str(record.path),
-        "status": record.status,
-        "sha256_expected": record.sha256_expected,
-        "sha256_actual": record.sha256_actual,
-        "size_bytes": record.size_bytes,
-        "error": record.error,
-    }
+def _object(record: object) -> dict[str, Any]:
+    data = to_json(record)
+    if not isinstance(data, dict):
+        raise TypeError(f"{type(record).__name__} is not a record")
+    return data
 
 
 class Bars:
@@ -451,9 +363,11 @@ class Bars:
             self.progress.console.print(Text(f"{name}: {message}", style="yellow"))
 
     def finish(self, record: DownloadRecord) -> None:
-        if record.status == "failed" or self.output.quiet:
+        if not record.ok or self.output.quiet:
             return  # the CLI reports failures once, at the end
-        if record.status == "cached":
+        from whisperctl.fetch.download import DownloadStatus  # loaded already: a download is running
+
+        if record.status is DownloadStatus.CACHED:
             line = f"{record.name}: cached, verified ({record.path})"
         else:
             size = record.size_bytes or 0
@@ -466,92 +380,17 @@ class Bars:
         self.progress.console.print(Text(line, style="green" if self.live else ""))
 
 
-# -- fleets and CI: freeze, export, rm, prune, du, cache-key ------------------------------------------------
-def freeze_json(freeze: Freeze) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": m.name,
-            "filename": m.filename,
-            "sha256": m.sha256,
-            "size_bytes": m.size_bytes,
-            "path": str(m.path),
-        }
-        for m in freeze.models
-    ]
-
-
-def export_json(report: ExportReport) -> dict[str, Any]:
-    return {
-        "root": str(report.root),
-        "sums": str(report.sums),
-        "bytes_copied": report.bytes_copied,
-        "models": [
-            {
-                "name": r.name,
-                "sha256": r.sha256,
-                "size_bytes": r.size_bytes,
-                "path": str(r.path),
-                "method": r.method,
-            }
-            for r in report.records
-        ],
-    }
-
-
-def remove_json(records: Sequence[RemoveRecord]) -> dict[str, Any]:
-    return {
-        "bytes_freed": sum(r.bytes_freed for r in records),
-        "models": [
-            {
-                "name": r.name,
-                "status": r.status,
-                "bytes_freed": r.bytes_freed,
-                "files": [{"path": str(f.path), "size_bytes": f.size_bytes} for f in r.files],
-            }
-            for r in records
-        ],
-    }
-
-
-def prune_json(report: PruneReport) -> dict[str, Any]:
-    return {
-        "dry_run": report.dry_run,
-        "bytes_freed": report.bytes_freed,
-        "removed": [
-            {"path": str(i.path), "kind": i.kind, "size_bytes": i.size_bytes, "reason": i.reason}
-            for i in report.items
-        ],
-        "in_use": [str(p) for p in report.in_use],
-        "unknown": [str(p) for p in report.unknown],
-    }
-
-
-def du_json(usage: DiskUsage) -> dict[str, Any]:
-    return {
-        "root": str(usage.root),
-        "total_bytes": usage.total_bytes,
-        "state_bytes": usage.state_bytes,
-        "models": [
-            {
-                "name": m.name,
-                "filename": m.filename,
-                "status": m.status,
-                "file_bytes": m.file_bytes,
-                "partial_bytes": m.partial_bytes,
-                "total_bytes": m.total_bytes,
-            }
-            for m in usage.models
-        ],
-        "unknown": [{"path": str(p), "size_bytes": n} for p, n in usage.unknown],
-    }
-
-
-def cache_key_json(key: CacheKey) -> dict[str, Any]:
-    return {
-        "key": key.key,
-        "layout": key.layout,
-        "models": [{"name": name, "sha256": digest} for name, digest in key.models],
-    }
+# -- fleets and CI: freeze, export, rm, prune, du ------------------------------------------------------------
+def render_freeze(output: Output, frozen: Freeze, *, as_json: bool) -> None:
+    """The manifest (or the JSON array of its models) on stdout; the models left out on stderr."""
+    for name in frozen.corrupt:
+        output.error(
+            f"{name}: left out, its file failed verification; run `whisperctl verify --repair {name}`"
+        )
+    if as_json:
+        output.json(frozen.models)
+    else:
+        output.text(format_manifest(frozen.models))
 
 
 def render_export(output: Output, report: ExportReport) -> None:
@@ -564,13 +403,13 @@ def render_export(output: Output, report: ExportReport) -> None:
     )
 
 
-def render_remove(output: Output, records: Sequence[RemoveRecord]) -> None:
-    for r in records:
+def render_remove(output: Output, report: RemoveReport) -> None:
+    for r in report.models:
         if r.files:
             output.line(f"{r.name}: removed {len(r.files)} files, {human_bytes(r.bytes_freed)}")
         else:
             output.line(f"{r.name}: nothing in the cache")
-    output.info(f"freed {human_bytes(sum(r.bytes_freed for r in records))}")
+    output.info(f"freed {human_bytes(report.bytes_freed)}")
 
 
 def render_prune(output: Output, report: PruneReport) -> None:

@@ -16,14 +16,16 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from whisperctl.errors import (
     CacheError,
+    ExitCode,
     IntegrityError,
     NetworkError,
     NotCachedError,
@@ -45,6 +47,7 @@ __all__ = [
     "OFFLINE_ENV",
     "DownloadProgress",
     "DownloadRecord",
+    "DownloadStatus",
     "Mirror",
     "download_models",
     "env_offline",
@@ -54,7 +57,16 @@ __all__ = [
 MIRROR_ENV = "WHISPERCTL_MIRROR"
 OFFLINE_ENV = "WHISPERCTL_OFFLINE"
 
-DownloadStatus = Literal["downloaded", "cached", "failed"]
+
+class DownloadStatus(str, Enum):
+    """What ``download`` did for a model; its file is ``verified`` after the first two."""
+
+    DOWNLOADED = "downloaded"  # fetched (or copied from a mirror directory), its digest matched
+    CACHED = "cached"  # already in the cache and verified: no transfer
+    FAILED = "failed"  # see the record's ``error`` and ``exit_code``
+
+    def __str__(self) -> str:  # the word, on every Python (3.10's f-strings and 3.11's str() differ)
+        return self.value
 
 
 @dataclass(frozen=True)
@@ -69,13 +81,13 @@ class DownloadRecord:
     seconds: float
     source: str | None  # the URL, mirror directory or "cache"
     error: str | None = None
-    exit_code: int = 0
+    exit_code: ExitCode = ExitCode.OK
     resumed_from: int = 0
     warnings: tuple[str, ...] = ()  # what went wrong on the way without failing it (a mirror skipped, say)
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status is not DownloadStatus.FAILED
 
 
 class DownloadProgress(Protocol):
@@ -349,7 +361,7 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
             for path in leftovers:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        return record("cached", "cache", spec.sha256)
+        return record(DownloadStatus.CACHED, "cache", spec.sha256)
 
     cache.ensure()
     if not run.force and (done := await cached(locked=False, before_lock=True)) is not None:
@@ -378,7 +390,7 @@ async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
             os.close(fd)
         if warning is not None:
             warn(warning)
-        return record("downloaded", source, digest, resumed)
+        return record(DownloadStatus.DOWNLOADED, source, digest, resumed)
 
 
 def _offline_mirrors_only(mirrors: tuple[Mirror, ...]) -> tuple[Mirror, ...]:
@@ -432,7 +444,7 @@ async def download_models(
                     cache.path_for(spec),
                     None,
                     None,
-                    "failed",
+                    DownloadStatus.FAILED,
                     round(time.monotonic() - t0, 3),
                     None,
                     error=str(exc),

@@ -18,8 +18,8 @@ import contextlib
 import os
 import stat
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Literal
 
 from whisperctl.errors import CacheError
 from whisperctl.models.registry import ModelSpec
@@ -51,7 +51,19 @@ __all__ = [
 
 CACHE_ENV = "WHISPERCTL_CACHE_DIR"
 
-Status = Literal["missing", "partial", "present", "verified", "corrupt"]
+
+class Status(str, Enum):
+    """The state of a model's file in the cache: the one vocabulary of ``list``, ``info``, ``du``, ``verify``
+    and ``freeze`` (``verify`` hashes, so it never leaves a file ``present``)."""
+
+    MISSING = "missing"  # no file
+    PARTIAL = "partial"  # no file, an unfinished download (<file>.part) that `download` resumes
+    PRESENT = "present"  # a file never hashed since it last changed (openai-whisper's, say)
+    VERIFIED = "verified"  # its stamp still matches the file, and records the registry's digest
+    CORRUPT = "corrupt"  # the last full hash of this very file did not give the registry's digest
+
+    def __str__(self) -> str:  # the word, on every Python (3.10's f-strings and 3.11's str() differ)
+        return self.value
 
 
 def default_cache_dir() -> Path:
@@ -86,7 +98,7 @@ class CacheEntry:
 
     @property
     def exists(self) -> bool:
-        return self.status in ("present", "verified", "corrupt")
+        return self.status in (Status.PRESENT, Status.VERIFIED, Status.CORRUPT)
 
 
 class Cache:
@@ -190,9 +202,8 @@ class Cache:
             st = path.stat()
         except FileNotFoundError:
             has_part = part.is_file()
-            return CacheEntry(
-                spec, path, "partial" if has_part else "missing", None, part if has_part else None, None
-            )
+            status = Status.PARTIAL if has_part else Status.MISSING
+            return CacheEntry(spec, path, status, None, part if has_part else None, None)
         except OSError as exc:
             raise _cache_error(path, "cannot read the cached file", exc) from exc
         if not _is_file(st):
@@ -200,9 +211,9 @@ class Cache:
                 f"{path}: not a regular file; remove it so that the model can be downloaded there"
             )
         stamp = self.read_stamp(spec)
-        status: Status = "present"
+        status = Status.PRESENT
         if stamp is not None and stamp.matches(st):
-            status = "verified" if stamp.sha256 == spec.sha256 else "corrupt"
+            status = Status.VERIFIED if stamp.sha256 == spec.sha256 else Status.CORRUPT
         return CacheEntry(spec, path, status, st.st_size, part if part.is_file() else None, stamp)
 
 

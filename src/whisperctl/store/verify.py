@@ -7,23 +7,24 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from whisperctl.errors import ExitCode
 from whisperctl.models.registry import ModelSpec
-from whisperctl.store.cache import Cache
+from whisperctl.store.cache import Cache, Status
 from whisperctl.store.hashing import hash_files
 from whisperctl.store.stamps import fingerprint
 
-__all__ = ["VerifyRecord", "VerifyStatus", "verify_models"]
-
-VerifyStatus = Literal["ok", "missing", "partial", "corrupt"]
+__all__ = ["VerifyRecord", "verify_models"]
 
 
 @dataclass(frozen=True)
 class VerifyRecord:
+    """A model's file after a full hash: ``verified`` or ``corrupt``; ``missing`` or ``partial`` when there
+    was no file to hash."""
+
     name: str
     path: Path
-    status: VerifyStatus
+    status: Status
     sha256_expected: str
     sha256_actual: str | None
     size_bytes: int | None = None
@@ -31,7 +32,14 @@ class VerifyRecord:
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status is Status.VERIFIED
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """OK when verified; INTEGRITY when corrupt; NOT_CACHED when there is no (whole) file."""
+        if self.status is Status.VERIFIED:
+            return ExitCode.OK
+        return ExitCode.INTEGRITY if self.status is Status.CORRUPT else ExitCode.NOT_CACHED
 
 
 def verify_models(
@@ -51,7 +59,7 @@ def verify_models(
     to_hash: dict[Path, tuple[ModelSpec, os.stat_result]] = {}
     for spec in specs:
         entry = cache.entry(spec)
-        if entry.status in ("missing", "partial"):
+        if entry.status in (Status.MISSING, Status.PARTIAL):
             records[spec.name] = VerifyRecord(spec.name, entry.path, entry.status, spec.sha256, None)
             continue
         st = entry.path.stat()
@@ -68,7 +76,13 @@ def verify_models(
         spec, st = to_hash[path]
         if isinstance(result, OSError):
             records[spec.name] = VerifyRecord(
-                spec.name, path, "corrupt", spec.sha256, None, st.st_size, error=f"{path}: {result.strerror}"
+                spec.name,
+                path,
+                Status.CORRUPT,
+                spec.sha256,
+                None,
+                st.st_size,
+                error=f"{path}: {result.strerror}",
             )
             continue
         # Stamp only if the file did not change while it was being read.
@@ -77,6 +91,6 @@ def verify_models(
             # A read-only cache can still be verified: the result is reported, only not remembered.
             with contextlib.suppress(OSError):
                 cache.write_stamp(spec, st, result)
-        status: VerifyStatus = "ok" if result == spec.sha256 else "corrupt"
+        status = Status.VERIFIED if result == spec.sha256 else Status.CORRUPT
         records[spec.name] = VerifyRecord(spec.name, path, status, spec.sha256, result, st.st_size)
     return [records[spec.name] for spec in specs]
