@@ -9,8 +9,9 @@ Only the body of a response framed by Content-Length is taken by hand, the one t
 the socket straight into the engine's reused buffer (:meth:`WireBody.read_into`), or on Linux for plain
 http from the socket into the file through a pipe (:meth:`WireBody.splice_into`, see :mod:`.connection`).
 
-Everything the server controls is bounded: the response head and each chunk-size line or trailer section
-(64 KiB, h11's ``max_incomplete_event_size``), the number of fields (256), of interim responses (16), and
+Everything the server controls is bounded: the response head (64 KiB, interim responses included), each
+chunk-size line and the trailer section (h11's ``max_incomplete_event_size``: 64 KiB, or 128 KiB when it came
+in one read with what was waiting), the number of fields (256), of interim responses (16), and
 the time the whole head may take (the read timeout). Malformed input is :class:`httpx.RemoteProtocolError`
 with a short message in which no control character of the server's survives.
 
@@ -61,22 +62,37 @@ def _next_event(machine: h11.Connection, part: str) -> Any:
 async def _receive_head(conn: Connection, machine: h11.Connection, timeout: float) -> h11.Response:
     """The final response's head (interim ones skipped), complete within ``timeout``."""
     deadline = time.monotonic() + timeout
-    interim = 0
+    interim = received = 0
     while True:
         event = _next_event(machine, "response head")
         if event is h11.NEED_DATA:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise httpx.ReadTimeout(f"no complete response head within {timeout:g} s")
-            machine.receive_data(await conn.receive(left))
-        elif isinstance(event, h11.InformationalResponse):
+            try:
+                data = await conn.receive(left)
+            except httpx.ReadTimeout:
+                raise httpx.ReadTimeout(f"no complete response head within {timeout:g} s") from None
+            if not data:  # httpx's words when nothing came
+                raise httpx.RemoteProtocolError(
+                    f"Server disconnected within the response head, after {received} bytes."
+                    if received
+                    else "Server disconnected without sending a response."
+                )
+            received += len(data)
+            machine.receive_data(data)
+            continue
+        # h11 measures only what it still waits for: a large head that came whole is measured here.
+        if received - len(machine.trailing_data[0]) > MAX_HEAD:
+            raise httpx.RemoteProtocolError(f"malformed response head: over {MAX_HEAD // 1024} KiB")
+        if isinstance(event, h11.InformationalResponse):
             interim += 1
             if interim > MAX_INTERIM:
                 raise httpx.RemoteProtocolError(f"more than {MAX_INTERIM} interim (1xx) responses")
         elif isinstance(event, h11.Response):
             return event
-        else:  # ConnectionClosed: nothing came (httpx's words, for the same case)
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        else:  # pragma: no cover - h11 gives nothing else before a response
+            raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} before the response")
 
 
 def _keeps_alive(response: h11.Response) -> bool:
