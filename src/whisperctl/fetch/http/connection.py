@@ -31,7 +31,7 @@ import httpx
 
 from whisperctl.errors import sanitized
 
-__all__ = ["Connection", "Key", "can_splice"]
+__all__ = ["Connection", "Key", "can_splice", "disable_splice"]
 
 Key = tuple[str, str, int]  # scheme, host, port
 _RAW_READ = 256 * 1024  # TLS: ciphertext taken from the socket at a time
@@ -47,6 +47,13 @@ _splice_works = sys.platform == "linux" and hasattr(os, "splice")
 def can_splice() -> bool:
     """Whether :meth:`Connection.splice_into` may be used in this process."""
     return _splice_works
+
+
+def disable_splice() -> None:
+    """Bodies of plain http go through the read buffer from now on, in this whole process (done by itself
+    on a file system that takes no splice; ``bench/download.py`` does it to measure the buffer path)."""
+    global _splice_works
+    _splice_works = False
 
 
 def _detail(exc: BaseException) -> str:
@@ -308,7 +315,6 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 def _drain(read_end: int, fd: int, offset: int, n: int) -> None:
     """Pipe -> file (in a worker thread: this may block on the disk): exactly the ``n`` bytes in the pipe."""
-    global _splice_works
     moved = 0
     while moved < n and _splice_works:
         try:
@@ -318,7 +324,7 @@ def _drain(read_end: int, fd: int, offset: int, n: int) -> None:
                 raise
             # A file system that takes no splice: the bytes in the pipe go the ordinary way, and so will
             # every later body of this process.
-            _splice_works = False
+            disable_splice()
     while moved < n:
         data = os.read(read_end, n - moved)
         _pwrite_all(fd, memoryview(data), offset + moved)
