@@ -747,3 +747,45 @@ def test_a_server_chosen_message_is_sanitised_when_described() -> None:
 
     message = asyncio.run(run())
     assert "\x1b" not in message and "\r" not in message and "\n" not in message and len(message) < 300
+
+
+def test_a_cancelled_disk_write_is_waited_for() -> None:
+    # The worker thread writes into the caller's file descriptor: a cancelled caller must not go on (and
+    # close that descriptor, whose number the next open reuses) while the thread still writes.
+    release = threading.Event()
+    done: list[bool] = []
+
+    def write() -> None:
+        release.wait(5)
+        done.append(True)
+
+    async def run() -> None:
+        task = asyncio.create_task(connection._in_thread(write))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert done == [True]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain text", "plain text"),
+        (b"OK\x1b[31m\r\nX-Injected: 1\x00", "OK\\x1b[31m\\r\\nX-Injected: 1\\x00"),
+        ("bidi \u202eevil\u2028next", "bidi \\u202eevil\\u2028next"),
+        (b"\xff\xfe latin", "\\xff\\xfe latin"),
+        ("x" * 300, "x" * 197 + "... (300 characters)"),
+        (b"\x1b" * 10_000_000, "\\x1b" * 49 + "\\... (10,000,000 bytes)"),
+    ],
+)
+def test_sanitized_text_has_no_control_characters_and_a_bounded_length(
+    value: str | bytes, expected: str
+) -> None:
+    assert sanitized(value) == expected
+    assert sanitized(value).isprintable()
