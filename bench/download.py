@@ -1,6 +1,7 @@
 """Download benchmark: whisperctl against openai-whisper, curl and aria2c, all from a local nginx.
 
     .venv/bin/python bench/download.py [--sizes small,medium,large-v3] [--quick] [--rate 20m]
+    .venv/bin/python bench/download.py --smoke    # only the fast-path rows, on a 64 MiB file: a minute
 
 Files with the official byte sizes of the Whisper checkpoints are generated once in the work dir
 (``.bench/download/`` by default) in the mirror layout ``<root>/<sha256>/<name>.pt``, and served by nginx
@@ -19,6 +20,13 @@ outputs are deleted between runs. Uncapped cells are run 3 times (median); befor
 waits a little for the two cores to be idle, and it reports the CPU that other processes used meanwhile,
 and a fingerprint of whisperctl's source (others may edit the engine during a
 run). Results go to bench/results/download.md (and .json; ``--output`` renames them).
+
+Fast-path rows (``--no-fast-path`` leaves them out, ``--fast-path-only`` runs only them): the engine's own
+HTTP path against plain httpx, on the same nginx (at full speed; over http, and over https with a
+certificate made for the run), the same file, in the same run. Each is one process calling
+``whisperctl.api.download`` with ``--connections``: ``wire-splice`` (the lean path, bodies spliced from the
+socket into the file: plain http on Linux), ``wire-buffer`` (the lean path, bodies through one reused buffer:
+https, or http with splice off), ``httpx`` (``TransferOptions(lean_http=False)``), and ``curl`` for scale.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +71,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # for tests/nginx.py: the tests and this benchmark start nginx the same way
 
+from tests.httpserver import TLSUnavailableError, _make_certificate  # noqa: E402
 from tests.nginx import NginxUnavailableError, free_port  # noqa: E402
 from tests.nginx import run as run_nginx  # noqa: E402
 
@@ -72,6 +81,7 @@ BLOCK = 16 * MiB
 
 # Byte sizes of the official checkpoints (openai-whisper 20250625).
 SIZES = {"small": 483_617_219, "medium": 1_528_008_539, "large-v3": 3_087_371_615}
+SIZES["smoke"] = 64 * MiB  # not a checkpoint: a quick file for --smoke
 SETTINGS = ("uncapped", "capped")
 TOOLS = ("whisperctl", "openai-whisper", "curl", "aria2c")
 PACKAGES = {"nginx": "nginx-light", "aria2c": "aria2", "curl": "curl", "sha256sum": "coreutils"}
@@ -91,6 +101,35 @@ finally:
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "download_s": t2 - t1, "path": path}))
 """
+
+
+# A fast-path row: one process downloading through the library with the engine's HTTP path chosen.
+FAST_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from whisperctl.api import download
+from whisperctl.fetch.http.connection import disable_splice
+from whisperctl.fetch.transfer import TransferOptions
+registry, name, cache, variant, connections = sys.argv[1:6]
+if variant == "wire-buffer":
+    disable_splice()
+options = TransferOptions(connections=int(connections), lean_http=variant != "httpx")
+t1 = time.perf_counter()
+(record,) = download([name], cache_dir=cache, registry=registry, mirrors=[], options=options)
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "download_s": t2 - t1, "status": record.status,
+                  "sha256": record.sha256, "path": str(record.path), "engine_s": record.seconds}))
+"""
+# (scheme, variant) of the fast-path rows, in the order of the table.
+FAST_ROWS = (
+    ("http", "wire-splice"),
+    ("http", "wire-buffer"),
+    ("http", "httpx"),
+    ("http", "curl"),
+    ("https", "wire-buffer"),
+    ("https", "httpx"),
+    ("https", "curl"),
+)
 
 
 class BenchError(Exception):
@@ -128,9 +167,10 @@ def _die_with_parent() -> None:
         _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def ensure_packages() -> dict[str, str]:
-    """Paths of the external tools, installing the missing ones with apt-get."""
-    missing = [pkg for binary, pkg in PACKAGES.items() if find_binary(binary) is None]
+def ensure_packages(needed: Sequence[str] = tuple(PACKAGES)) -> dict[str, str]:
+    """Paths of the external tools (``needed``: binaries), installing the missing ones with apt-get."""
+    wanted = {binary: PACKAGES[binary] for binary in needed}
+    missing = [pkg for binary, pkg in wanted.items() if find_binary(binary) is None]
     if missing:
         if os.geteuid() == 0:
             prefix: list[str] = []
@@ -144,7 +184,7 @@ def ensure_packages() -> dict[str, str]:
         print(f"installing {', '.join(missing)} with apt-get...", file=sys.stderr)
         subprocess.run([*prefix, "apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run([*prefix, "apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
-    found = {binary: find_binary(binary) for binary in PACKAGES}
+    found = {binary: find_binary(binary) for binary in wanted}
     lost = [binary for binary, path in found.items() if path is None]
     if lost:
         raise BenchError(f"still missing after apt-get: {', '.join(lost)}")
@@ -232,11 +272,32 @@ def prepare_files(work: Path, names: Sequence[str]) -> dict[str, TestFile]:
 
 
 # -- nginx ---------------------------------------------------------------------------------------------------
+def make_certificate(work: Path) -> tuple[Path, Path] | None:
+    """A certificate for 127.0.0.1 (as the tests make theirs), or None: the https rows are then left out."""
+    folder = work / "tls"
+    folder.mkdir(exist_ok=True)
+    try:
+        return _make_certificate(folder)
+    except TLSUnavailableError as exc:
+        print(f"no https rows: {exc}", file=sys.stderr)
+        return None
+
+
 @contextlib.contextmanager
-def nginx_servers(nginx: str, work: Path, root: Path, rate: int) -> Iterator[dict[str, str]]:
-    """nginx on two ports of 127.0.0.1 (``uncapped`` and ``capped``); their base URLs. Always stopped."""
+def nginx_servers(
+    nginx: str, work: Path, root: Path, rate: int, tls: tuple[Path, Path] | None = None
+) -> Iterator[dict[str, str]]:
+    """nginx on ports of 127.0.0.1 (``uncapped``, ``capped``, and ``tls`` when given a certificate and its
+    key); their base URLs. Always stopped."""
     prefix = work / "nginx"
     ports = {"uncapped": free_port(), "capped": free_port()}
+    tls_server = ""
+    if tls is not None:
+        ports["tls"] = free_port()
+        tls_server = (
+            f"\n    server {{\n        listen 127.0.0.1:{ports['tls']} ssl;\n        root {root};\n"
+            f"        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]};\n    }}\n"
+        )
     template = string.Template((HERE / "nginx.conf.template").read_text("utf-8"))
     conf = template.substitute(
         # Run as root, nginx would switch its workers to nobody, who may not reach the work dir.
@@ -247,12 +308,16 @@ def nginx_servers(nginx: str, work: Path, root: Path, rate: int) -> Iterator[dic
         port_uncapped=ports["uncapped"],
         port_capped=ports["capped"],
         rate=rate,
+        tls_server=tls_server,
     )
     try:
         with run_nginx(nginx, prefix, conf, ports.values(), preexec_fn=_die_with_parent) as proc:
             _NGINX[:] = [proc.pid]
             try:
-                yield {setting: f"http://127.0.0.1:{port}" for setting, port in ports.items()}
+                yield {
+                    setting: f"{'https' if setting == 'tls' else 'http'}://127.0.0.1:{port}"
+                    for setting, port in ports.items()
+                }
             finally:
                 _NGINX.clear()
     except NginxUnavailableError as exc:
@@ -355,6 +420,7 @@ class Context:
     connections: int
     env: dict[str, str]
     idle_wait: float
+    cert: Path | None = None  # the https server's certificate, trusted by the https rows
 
 
 def _timeout(ctx: Context, size: int) -> float:
@@ -387,6 +453,9 @@ def _size_ok(path: Path, f: TestFile) -> None:
     actual = path.stat().st_size if path.is_file() else None
     if actual != f.size:
         raise BenchError(f"{path}: {actual} bytes, expected {f.size}")
+
+
+Runner = Callable[["Context", "TestFile", str, Path, Path], list["Result"]]
 
 
 def run_whisperctl(ctx: Context, f: TestFile, setting: str, dest: Path, logs: Path) -> list[Result]:
@@ -491,6 +560,52 @@ def run_aria2c(ctx: Context, f: TestFile, setting: str, dest: Path, logs: Path) 
     return _then_check(ctx, f, setting, "aria2c", aria, dest / name, logs)
 
 
+def fast_path_runner(scheme: str, variant: str) -> Runner:
+    """The runner of one fast-path row: the library with the HTTP path ``variant``, or curl."""
+
+    def run(ctx: Context, f: TestFile, setting: str, dest: Path, logs: Path) -> list[Result]:
+        base = ctx.urls["tls" if scheme == "https" else "uncapped"]
+        env = dict(ctx.env)
+        if scheme == "https":
+            assert ctx.cert is not None
+            env["SSL_CERT_FILE"] = str(ctx.cert)
+            env.pop("SSL_CERT_DIR", None)
+        if variant == "curl":
+            path = dest / f"{f.name}.pt"
+            trust = ["--cacert", str(ctx.cert)] if scheme == "https" else []
+            cmd = [ctx.bins["curl"], "-sS", *trust, "-o", str(path), base + f.url_path]
+            proc = measure(cmd, timeout=_timeout(ctx, f.size), logs=logs, env=env)
+            _check(proc, "curl")
+            _size_ok(path, f)
+            parts = {"bg_cpu_s": proc.background}
+            return [Result(f.name, scheme, variant, proc.seconds, proc.rss, True, proc.cpu, parts=parts)]
+        registry = ctx.work / f"registry-{'tls' if scheme == 'https' else 'uncapped'}.toml"
+        cmd = [sys.executable, "-c", FAST_CHILD, str(registry), f"bench-{f.name}", str(dest), variant,
+               str(ctx.connections)]  # fmt: skip
+        compile_whisperctl()
+        source = source_fingerprint()
+        proc = measure(cmd, timeout=_timeout(ctx, f.size), logs=logs, env=env)
+        _check(proc, f"whisperctl ({variant})")
+        try:
+            info = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError) as exc:
+            raise BenchError(f"{variant}: no JSON line: {proc.stdout[-500:]!r}") from exc
+        if info["status"] != "downloaded" or info["sha256"] != f.sha256:
+            raise BenchError(f"{variant}: {info}")
+        path = Path(info["path"])
+        _size_ok(path, f)
+        if _hash(path) != f.sha256:  # outside the clock, independently of the engine's digest
+            raise BenchError(f"{path}: {variant} said it was verified, but its SHA-256 is not {f.sha256}")
+        parts = {"engine_s": float(info["engine_s"]), "import_s": info["import_s"]}
+        parts["bg_cpu_s"] = proc.background
+        row = Result(
+            f.name, scheme, variant, proc.seconds, proc.rss, True, proc.cpu, parts=parts, source=source
+        )
+        return [row]
+
+    return run
+
+
 RUNNERS = {
     "whisperctl": run_whisperctl,
     "openai-whisper": run_openai_whisper,
@@ -499,7 +614,9 @@ RUNNERS = {
 }
 
 
-def run_one(ctx: Context, tool: str, f: TestFile, setting: str, run: int) -> list[Result]:
+def run_one(
+    ctx: Context, tool: str, f: TestFile, setting: str, run: int, runner: Runner | None = None
+) -> list[Result]:
     dest = ctx.work / "runs" / f"{f.name}-{setting}-{tool}"
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -512,12 +629,27 @@ def run_one(ctx: Context, tool: str, f: TestFile, setting: str, run: int) -> lis
     if load >= 0.3:
         print(f"  (the machine is busy: {load:.1f} cores used by others; measuring anyway)", file=sys.stderr)
     try:
-        return RUNNERS[tool](ctx, f, setting, dest, logs)
+        return (runner or RUNNERS[tool])(ctx, f, setting, dest, logs)
     except BenchError as exc:
         print(f"  FAILED {tool} {f.name} {setting}: {exc}", file=sys.stderr)
         return [Result(f.name, setting, tool, None, None, False, error=str(exc))]
     finally:
         shutil.rmtree(dest, ignore_errors=True)
+
+
+def run_fast_path(ctx: Context, f: TestFile, repeat: int) -> list[Result]:
+    """The fast-path rows of one file (the https ones when nginx serves https), ``repeat`` runs each."""
+    rows = []
+    for scheme, variant in FAST_ROWS:
+        if (scheme == "https" and ctx.cert is None) or (variant == "wire-splice" and sys.platform != "linux"):
+            continue
+        runner = fast_path_runner(scheme, variant)
+        runs = [run_one(ctx, variant, f, scheme, i + 1, runner) for i in range(repeat)]
+        for r in combine(variant, runs):
+            status = "FAILED" if r.seconds is None else f"{r.seconds:.2f} s"
+            print(f"  {f.name:9} {scheme:9} {variant:22} {status}", file=sys.stderr)
+            rows.append(r)
+    return rows
 
 
 def combine(tool: str, runs: list[list[Result]]) -> list[Result]:
@@ -594,10 +726,11 @@ def machine_info(bins: dict[str, str], work: Path) -> dict[str, str]:
         "whisperctl": f"{dist_version('whisperctl')} (git {_git_head()}, source {source_fingerprint()})",
         "openai-whisper": dist_version("openai-whisper"),
         "httpx": dist_version("httpx"),
+        "h11": dist_version("h11"),
         "nginx": _version([bins["nginx"], "-v"]).rpartition("/")[2],
         "curl": " ".join(_version([bins["curl"], "--version"]).split()[1:2]),
-        "aria2c": _version([bins["aria2c"], "--version"]).rpartition(" ")[2],
-        "sha256sum": _version([bins["sha256sum"], "--version"]).rpartition(" ")[2],
+        "aria2c": _version([bins.get("aria2c", "aria2c"), "--version"]).rpartition(" ")[2],
+        "sha256sum": _version([bins.get("sha256sum", "sha256sum"), "--version"]).rpartition(" ")[2],
     }
 
 
@@ -653,8 +786,61 @@ def targets(results: list[Result], sizes: Sequence[str], settings: Sequence[str]
     return lines
 
 
+def fast_path_targets(fast: list[Result], sizes: Sequence[str]) -> list[tuple[bool, str]]:
+    """The fast path must earn its place: faster than plain httpx on the same server, file and run."""
+    lines = []
+    for size in sizes:
+        for scheme, variant in (("http", "wire-splice"), ("http", "wire-buffer"), ("https", "wire-buffer")):
+            share = ratio(_find(fast, size, scheme, variant), _find(fast, size, scheme, "httpx"))
+            if share is None and not any(r.size == size and r.setting == scheme for r in fast):
+                continue  # no https server in this run
+            lines.append(
+                (
+                    share is not None and share <= 1.0,
+                    f"fast path {size} {scheme}: {variant} takes {fmt(share, '.2f', 'x')} the time of plain "
+                    "httpx (target <= 1.00x)",
+                )
+            )
+    return lines
+
+
+def render_fast_path(fast: list[Result], args: argparse.Namespace) -> list[str]:
+    if not fast:
+        return []
+    lines = [
+        "",
+        f"Fast path against plain httpx (same nginx at full speed, same file, same run; `--connections "
+        f"{args.connections}`; median of {args.repeat}). Time = the whole process (Python start-up and "
+        "imports included, the same for every variant):",
+        "",
+        "| size | scheme | client | seconds | MB/s | peak RSS MiB | CPU s | vs httpx | / curl | note |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in fast:
+        mbs = SIZES[r.size] / 1e6 / r.seconds if r.seconds else None
+        rss = r.rss_bytes / MiB if r.rss_bytes is not None else None
+        httpx_s, curl_s = _find(fast, r.size, r.setting, "httpx"), _find(fast, r.size, r.setting, "curl")
+        note = f"engine {r.parts['engine_s']:.2f} s" if "engine_s" in r.parts else ""
+        if not r.ok:
+            note = f"FAILED: {(r.error or '').replace('|', '/')[:300]}"
+        lines.append(
+            f"| {r.size} | {r.setting} | {r.tool} | {fmt(r.seconds, '.2f')} | {fmt(mbs, '.0f')} | "
+            f"{fmt(rss, '.0f')} | {fmt(r.cpu_s, '.2f')} | {fmt(ratio(httpx_s, r.seconds), '.2f', 'x')} | "
+            f"{fmt(ratio(r.seconds, curl_s), '.2f', 'x')} | {note} |"
+        )
+    lines += [
+        "",
+        "vs httpx > 1: faster than plain httpx; / curl: the row's time over curl's on the same scheme.",
+    ]
+    return lines
+
+
 def render(
-    results: list[Result], info: dict[str, str], args: argparse.Namespace, checks: list[tuple[bool, str]]
+    results: list[Result],
+    info: dict[str, str],
+    args: argparse.Namespace,
+    checks: list[tuple[bool, str]],
+    fast: list[Result],
 ) -> str:
     rate = args.rate
     lines = [
@@ -667,38 +853,42 @@ def render(
         f"run); `sync` before each run; fresh empty destination per run; {args.repeat} run(s) per uncapped "
         "cell, "
         f"{args.repeat_capped} per capped cell (median time, highest RSS). MB/s = 10^6 bytes/s.",
-        "",
-        "| size | setting | tool | seconds | MB/s | peak RSS MiB | CPU s | bg CPU s | note |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for r in results:
-        mbs = SIZES[r.size] / 1e6 / r.seconds if r.seconds else None
-        rss = r.rss_bytes / MiB if r.rss_bytes is not None else None
-        note = _note(r)
-        lines.append(
-            f"| {r.size} | {r.setting} | {r.tool} | {fmt(r.seconds, '.2f')} | {fmt(mbs, '.0f')} | "
-            f"{fmt(rss, '.0f')} | {fmt(r.cpu_s, '.2f')} | {fmt(r.parts.get('bg_cpu_s'), '.2f')} | {note} |"
-        )
-    lines += [
-        "",
-        "Ratios (>1 means whisperctl is faster, except the last column: whisperctl's time / curl's):",
-        "",
-        "| size | setting | vs openai-whisper | vs aria2c+sha256sum | vs curl+sha256sum | "
-        "vs curl+sha256sum+sync | whisperctl / curl alone |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for size in args.sizes:
-        for setting in args.settings:
-            w = _find(results, size, setting, "whisperctl")
-
-            def vs(tool: str, size: str = size, setting: str = setting, w: float | None = w) -> str:
-                return fmt(ratio(_find(results, size, setting, tool), w), ".2f", "x")
-
-            slower = fmt(ratio(w, _find(results, size, setting, "curl")), ".2f", "x")
+    if results:  # not with --fast-path-only
+        lines += [
+            "",
+            "| size | setting | tool | seconds | MB/s | peak RSS MiB | CPU s | bg CPU s | note |",
+            "|---|---|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for r in results:
+            mbs = SIZES[r.size] / 1e6 / r.seconds if r.seconds else None
+            rss = r.rss_bytes / MiB if r.rss_bytes is not None else None
+            note, bg = _note(r), r.parts.get("bg_cpu_s")
             lines.append(
-                f"| {size} | {setting} | {vs('openai-whisper')} | {vs('aria2c+sha256sum')} | "
-                f"{vs('curl+sha256sum')} | {vs('curl+sha256sum+sync')} | {slower} |"
+                f"| {r.size} | {r.setting} | {r.tool} | {fmt(r.seconds, '.2f')} | {fmt(mbs, '.0f')} | "
+                f"{fmt(rss, '.0f')} | {fmt(r.cpu_s, '.2f')} | {fmt(bg, '.2f')} | {note} |"
             )
+        lines += [
+            "",
+            "Ratios (>1 means whisperctl is faster, except the last column: whisperctl's time / curl's):",
+            "",
+            "| size | setting | vs openai-whisper | vs aria2c+sha256sum | vs curl+sha256sum | "
+            "vs curl+sha256sum+sync | whisperctl / curl alone |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for size in args.sizes:
+            for setting in args.settings:
+                w = _find(results, size, setting, "whisperctl")
+
+                def vs(tool: str, size: str = size, setting: str = setting, w: float | None = w) -> str:
+                    return fmt(ratio(_find(results, size, setting, tool), w), ".2f", "x")
+
+                slower = fmt(ratio(w, _find(results, size, setting, "curl")), ".2f", "x")
+                lines.append(
+                    f"| {size} | {setting} | {vs('openai-whisper')} | {vs('aria2c+sha256sum')} | "
+                    f"{vs('curl+sha256sum')} | {vs('curl+sha256sum+sync')} | {slower} |"
+                )
+    lines += render_fast_path(fast, args)
     lines += ["", "Targets:", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {text}" for ok, text in checks]
     sources = sorted({s for r in results if r.source for s in r.source.split(",")})
@@ -773,11 +963,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="before each run, wait up to this many seconds for other processes to leave the CPUs idle "
         "(30, or 5 with --quick)",
     )
+    parser.add_argument(
+        "--fast-path",
+        choices=("on", "off", "only"),
+        default="on",
+        help="the rows of the engine's HTTP paths against plain httpx: with the others, not at all, or "
+        "alone (%(default)s)",
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick check: only the fast-path rows, on a 64 MiB file, one run each "
+        "(results in download-smoke.md unless --output)",
+    )
     parser.add_argument("--work-dir", type=Path, default=ROOT / ".bench" / "download")
     parser.add_argument(
-        "--output", default="download", help="results go to bench/results/OUTPUT.md and .json (%(default)s)"
+        "--output", help="results go to bench/results/OUTPUT.md and .json (download, or download-smoke)"
     )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.fast_path, args.sizes, args.quick = "only", "smoke", False
+        args.repeat = args.repeat or 1
+        args.idle_wait = 2.0 if args.idle_wait is None else args.idle_wait
+    args.output = args.output or ("download-smoke" if args.smoke else "download")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.idle_wait is None:
@@ -811,6 +1019,10 @@ def _estimate(args: argparse.Namespace) -> float:
         capped_single = nbytes / args.rate
         single = sum(t in args.tools for t in ("openai-whisper", "curl"))
         multi = sum(t in args.tools for t in ("whisperctl", "aria2c"))
+        if args.fast_path != "off":
+            total += len(FAST_ROWS) * nbytes / 300e6 * args.repeat
+        if args.fast_path == "only":
+            continue
         if "capped" in args.settings:
             capped = single * capped_single + multi * capped_single / args.connections
             total += capped * args.repeat_capped
@@ -830,17 +1042,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     try:
-        bins = ensure_packages()
+        bins = ensure_packages(("nginx", "curl") if args.fast_path == "only" else tuple(PACKAGES))
         info = machine_info(bins, work)
         print(f"work dir {work}; about {_estimate(args) / 60:.0f} min of transfers expected", file=sys.stderr)
         files = prepare_files(work, args.sizes)
         os.sync()  # the generated files are written back now, not during the first measurement
         results: list[Result] = []
-        with nginx_servers(bins["nginx"], work, work / "mirror", args.rate) as urls:
+        fast: list[Result] = []
+        tls = make_certificate(work) if args.fast_path != "off" else None
+        with nginx_servers(bins["nginx"], work, work / "mirror", args.rate, tls) as urls:
             write_registries(work, files, urls)
-            ctx = Context(bins, work, urls, args.rate, args.connections, clean_env(), args.idle_wait)
+            cert = tls[0] if tls is not None else None
+            ctx = Context(bins, work, urls, args.rate, args.connections, clean_env(), args.idle_wait, cert)
             for size in args.sizes:
-                for setting in args.settings:
+                if args.fast_path != "off":
+                    fast += run_fast_path(ctx, files[size], args.repeat)
+                for setting in args.settings if args.fast_path != "only" else ():
                     for tool in args.tools:
                         repeat = args.repeat_capped if setting == "capped" else args.repeat
                         runs = [run_one(ctx, tool, files[size], setting, i + 1) for i in range(repeat)]
@@ -856,8 +1073,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         _kill_current()
-    checks = targets(results, args.sizes, args.settings)
-    text = render(results, info, args, checks)
+    checks = targets(results, args.sizes, args.settings) if args.fast_path != "only" else []
+    checks += fast_path_targets(fast, args.sizes)
+    text = render(results, info, args, checks, fast)
     print(text)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
@@ -872,10 +1090,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sizes": {s: SIZES[s] for s in args.sizes},
         "sha256": {name: f.sha256 for name, f in files.items()},
         "results": [asdict(r) for r in results],
+        "fast_path": [asdict(r) for r in fast],
         "targets": [{"passed": ok, "text": text} for ok, text in checks],
     }
     (out / f"{args.output}.json").write_text(json.dumps(payload, indent=1) + "\n", "utf-8")
-    return 0 if all(ok for ok, _ in checks) and all(r.ok for r in results) else 2
+    return 0 if all(ok for ok, _ in checks) and all(r.ok for r in results + fast) else 2
 
 
 if __name__ == "__main__":

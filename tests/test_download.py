@@ -35,7 +35,7 @@ import pytest
 
 from whisperctl import api
 from whisperctl.fetch.download import DownloadRecord, download_models
-from whisperctl.fetch.http import wire
+from whisperctl.fetch.http import connection
 from whisperctl.fetch.transfer import TransferOptions
 from whisperctl.models.registry import ModelSpec, load_registry
 from whisperctl.store.cache import Cache, CacheEntry
@@ -789,7 +789,7 @@ def _refuse_splice_into_files(monkeypatch: pytest.MonkeyPatch, err: int) -> None
         return real(src, dst, count, offset_src, offset_dst, flags)
 
     monkeypatch.setattr(os, "splice", splice)
-    monkeypatch.setattr(wire, "_SPLICE", True)
+    monkeypatch.setattr(connection, "_splice_works", True)
 
 
 def test_a_file_system_without_splice_gets_ordinary_writes(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -797,7 +797,7 @@ def test_a_file_system_without_splice_gets_ordinary_writes(lab: Lab, monkeypatch
     m = lab.model(size=4 * MiB)
     rec = lab.get(m)
     assert rec.status == "downloaded"
-    assert wire._SPLICE is False  # the rest went through the read buffer
+    assert not connection.can_splice()  # the rest went through the read buffer
     lab.assert_verified(m)
 
 

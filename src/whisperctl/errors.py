@@ -26,6 +26,7 @@ __all__ = [
     "UsageError",
     "WhisperctlError",
     "quoted",
+    "sanitized",
 ]
 
 
@@ -50,6 +51,26 @@ def quoted(value: str, limit: int = 80) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 4]}...{text[0]} ({len(value):,} characters)"
+
+
+def sanitized(value: str | bytes, limit: int = 200) -> str:
+    """Text that a server or a file chose (a reason phrase, a redirect target, a header value, an error
+    body, a parser's complaint quoting them), made fit for a terminal, a log or a JSON record.
+
+    Bytes are read as UTF-8 (invalid bytes escaped); every character that is not printable (CR, LF, TAB,
+    NUL, ESC and the other controls, bidirectional overrides, line separators) is written as its escape
+    (``\\x1b``), so it can neither move the cursor, colour a terminal, start a log line nor hide text; the
+    result is cut to about ``limit`` characters, saying how long the original was.
+    """
+    # Each character gives one or more: what is past the limit is never looked at (a body may be huge).
+    head = value[: limit + 1]
+    text = head.decode("utf-8", "backslashreplace") if isinstance(head, bytes) else head
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    if len(text) <= limit and len(head) == len(value):
+        return text
+    unit = "bytes" if isinstance(value, bytes) else "characters"
+    return f"{text[: max(0, limit - 3)]}... ({len(value):,} {unit})"
 
 
 class WhisperctlError(Exception):

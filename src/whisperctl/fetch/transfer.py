@@ -40,6 +40,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from whisperctl.errors import CacheError, IntegrityError, NetworkError, quoted
+from whisperctl.fetch.http.client import describe_transport_error
 from whisperctl.fetch.http.wire import EngineClient, WireBody, WirePool
 from whisperctl.store.cache import atomic_write_text
 from whisperctl.store.files import create_partial, write_at, write_error
@@ -322,10 +323,10 @@ class _Transfer:
                 f"{url}: TLS certificate verification failed ({tls.verify_message or tls}); "
                 "if you use a private CA, point SSL_CERT_FILE at its bundle"
             )
+        described = describe_transport_error(self.client, url, exc)  # names a proxy that failed
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError):
-            return NetworkError(f"{url}: {exc}; check the URL and your proxy settings")
-        kind = type(exc).__name__
-        return _Retry(f"{kind} from {url}: {exc or 'no detail'}")
+            return described
+        return _Retry(str(described))
 
     # -- file and state -------------------------------------------------------------------------------------
     def _load_state(self) -> bool:
