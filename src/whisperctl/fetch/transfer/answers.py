@@ -100,7 +100,9 @@ def probe_total(status: int, headers: Mapping[str, str], expected: int | None, c
     if expected is not None and total != expected:
         raise Untrusted(f"the server's file is {total:,} bytes, expected {expected:,}", integrity=True)
     if expected is None and total > cap:
-        raise Untrusted(f"the server's file would be {total:,} bytes, more than the limit of {cap:,}")
+        raise Untrusted(
+            f"the server's file would be {total:,} bytes, more than the limit of {cap:,}", integrity=True
+        )
     return total
 
 

@@ -41,6 +41,7 @@ class Job:
     size: int | None  # the registry's, when it has one
     options: TransferOptions
     progress: TransferProgress | None
+    resume: bool  # continue the partial file an earlier run left, when its record allows
 
 
 @dataclass
@@ -338,7 +339,7 @@ async def _digest(job: Job, fd: int, hasher: FollowingHasher, total: int) -> str
 
 
 async def _attempt(job: Job, route: Route) -> TransferResult:
-    start = await _resume(job, route)
+    start = await _resume(job, route) if job.resume else None
     if start is None:
         start = await _begin(job, route)
     opt, remote, fd = job.options, start.remote, start.fd
@@ -379,15 +380,16 @@ async def fetch_url(
     expected_size: int | None,
     options: TransferOptions | None = None,
     progress: TransferProgress | None = None,
+    resume: bool = True,
 ) -> TransferResult:
     """Download ``url`` into ``part`` (resuming what an earlier run left) and return its digest.
 
     On success the file is complete and fsynced, and its descriptor is returned open in the result. On a
     transient failure the partial file and its sidecar are kept for a later resume; on a disk-full error,
-    an oversized body or a size mismatch they are removed.
+    an oversized body or a size mismatch they are removed. ``resume=False`` starts afresh.
     """
     opt = options or TransferOptions()
-    job = Job(part, state_path, expected_sha256, expected_size, opt, progress)
+    job = Job(part, state_path, expected_sha256, expected_size, opt, progress, resume)
     route = Route(client, url, opt)
     restarts = 0
     try:
