@@ -294,7 +294,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # Small pieces under a rate limit keep the pacing smooth instead of one burst and a long sleep.
         chunk = CHUNK if not f.rate_limit else max(1024, min(CHUNK, f.rate_limit // 20))
         total, sent, t0 = end - start + f.oversize_by, 0, time.monotonic()
-        triggers = [n for n in (f.reset_after, f.truncate_after, f.stall_after) if n is not None]
+        triggers = [
+            n for n in (f.reset_after, f.truncate_after, f.stall_after, f.drip_after) if n is not None
+        ]
         with _Reader(route.data) as reader:
             while sent < total:
                 if sent == f.stall_after and owner._fire(route, "stall", f.stall_times):

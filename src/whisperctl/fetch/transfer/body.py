@@ -29,6 +29,7 @@ __all__ = ["Sink", "stream_body"]
 
 READ_SIZE = 1024 * 1024  # the wire path's read buffer
 _GATHER = 256 * 1024  # reads gathered into one write: a thread hop per small read would cost the speed
+_GATHER_TIME = 0.25  # ... but on a slow link, written (and shown) at least this often
 
 
 class _Reporter:
@@ -73,7 +74,6 @@ class Sink:
         seg.done += n
         if self.plan.is_front(seg):
             self.hasher.advance(self.plan.frontier())
-        self.pace.moved += n
         self._reporter.add(n)
 
     def flush_progress(self) -> None:
@@ -111,7 +111,10 @@ async def _take(
     return seg.end is not None and seg.pos >= seg.end
 
 
-def _check_pace(window: Window, url: str) -> None:
+def _received(sink: Sink, window: Window, n: int, url: str) -> None:
+    """``n`` bytes came in: count them for the pace (received, not written: a slow link's bytes gathered
+    for a write count from their arrival), and apply the minimum."""
+    sink.pace.moved += n
     if (why := window.shortfall()) is not None:
         raise Retry(f"{shown(url)}: {why}")
 
@@ -133,7 +136,7 @@ async def stream_body(sink: Sink, response: httpx.Response, seg: Segment, url: s
                 done = await _take(sink, response, seg, chunk, url)
                 if done and seg.end != requested_end(response.request.headers.get("range", "")):
                     return  # the rest of this range went to another worker: drop the connection
-                _check_pace(window, url)
+                _received(sink, window, len(chunk), url)
     except httpx.TransportError as exc:
         raise transport_error(url, exc) from exc
     finally:
@@ -148,6 +151,7 @@ async def _read_wire(
         while True:
             filled, ended = 0, False
             want = min(_GATHER, int(min(seg.remaining, READ_SIZE)))  # bytes worth a write of their own
+            until = time.monotonic() + _GATHER_TIME
             try:
                 while filled < want:
                     n = await body.read_into(view[filled:])
@@ -155,7 +159,9 @@ async def _read_wire(
                         ended = True
                         break
                     filled += n
-                    _check_pace(window, url)
+                    _received(sink, window, n, url)
+                    if time.monotonic() >= until:
+                        break
             except (httpx.TransportError, Retry):
                 if filled:  # what arrived before the failure is good: keep it
                     await _take(sink, response, seg, view[:filled], url)
@@ -185,4 +191,4 @@ async def _splice(
         # While the splice waited for the socket, another worker may have taken this segment's tail:
         # the bytes past its new end are the same bytes that worker writes, but not this segment's.
         sink.wrote(seg, min(n, int(seg.remaining)))
-        _check_pace(window, url)
+        _received(sink, window, n, url)
