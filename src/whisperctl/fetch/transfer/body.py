@@ -107,7 +107,9 @@ async def _take(
         data = data[:room]  # the rest of this range was handed to another worker
     if data:
         await sink.write(data, seg.pos)
-        sink.wrote(seg, len(data))
+        # While the write ran in its thread, another worker may have taken this segment's tail: the bytes
+        # past its new end are the same bytes that worker writes, but not this segment's.
+        sink.wrote(seg, len(data) if seg.end is None else max(0, min(len(data), seg.end - seg.pos)))
     return seg.end is not None and seg.pos >= seg.end
 
 
