@@ -12,7 +12,7 @@ every request, and can be told per path to reset, truncate, corrupt, stall, redi
 Faults (keyword arguments of `add` and `set_faults`, see `Faults`): status, status_sequence, retry_after,
 redirect_to, redirect_status, redirect_times, reset_after, reset_times, truncate_after, truncate_times,
 stall_after, stall_seconds, stall_times, flip_byte_at, no_range, no_content_length, chunked, oversize_by,
-lie_length, rate_limit, etag, last_modified.
+lie_length, rate_limit, etag, last_modified, content_range, silent, head_drip, drip_after, drip_seconds.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ class Faults:
     rate_limit: int | None = None  # bytes per second per connection
     etag: str | bool | None = True  # True: derived, a string: sent verbatim, None/False: no header
     last_modified: str | bool | None = True  # likewise for Last-Modified
+    content_range: str | None = None  # a 206's Content-Range, verbatim ("": none at all)
+    silent: bool = False  # read the request, then never answer (until the server closes)
+    head_drip: float = 0.0  # send the response head one byte at a time, this many seconds apart
+    drip_after: int | None = None  # after N body bytes, send the rest one byte at a time ...
+    drip_seconds: float = 0.0  # ... this many seconds apart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +141,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     _status: int
     _t0: float
     _record: RequestRecord | None
+    _faults: Faults
 
     def setup(self) -> None:
         super().setup()
@@ -156,13 +162,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._status = code
         super().send_response(code, message)
 
+    def flush_headers(self) -> None:
+        faults: Faults | None = getattr(self, "_faults", None)
+        if faults is None or not faults.head_drip or not getattr(self, "_headers_buffer", None):
+            super().flush_headers()
+            return
+        head = b"".join(self._headers_buffer)
+        self._headers_buffer = []
+        for i in range(len(head)):
+            if self.server.owner._stop.wait(faults.head_drip):
+                raise OSError("the server is closing")
+            self.wfile.write(head[i : i + 1])
+            self.wfile.flush()
+
     def _respond(self, head: bool) -> None:
         owner, self._t0, self._record = self.server.owner, time.monotonic(), None
         self._status, sent, outcome = 0, 0, "ok"
         route, hit = owner._hit(urlsplit(self.path).path)
         try:
-            f = route.faults if route else Faults()
-            if route is None or f.status is not None:
+            f = self._faults = route.faults if route else Faults()
+            if f.silent:
+                owner._stop.wait()
+                self.close_connection = True
+                sent, outcome = 0, "closed"
+            elif route is None or f.status is not None:
                 sent = self._small(f.status or 404, head, f.retry_after)
             elif hit < len(f.status_sequence):
                 owner._fire(route, "status", None)
@@ -246,8 +269,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         if not f.no_range:
             self.send_header("Accept-Ranges", "bytes")
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        if status == 206 and f.content_range != "":
+            self.send_header("Content-Range", f.content_range or f"bytes {start}-{end - 1}/{size}")
         if etag:
             self.send_header("ETag", etag)
         if modified:
@@ -271,7 +294,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # Small pieces under a rate limit keep the pacing smooth instead of one burst and a long sleep.
         chunk = CHUNK if not f.rate_limit else max(1024, min(CHUNK, f.rate_limit // 20))
         total, sent, t0 = end - start + f.oversize_by, 0, time.monotonic()
-        triggers = [n for n in (f.reset_after, f.truncate_after, f.stall_after) if n is not None]
+        triggers = [
+            n for n in (f.reset_after, f.truncate_after, f.stall_after, f.drip_after) if n is not None
+        ]
         with _Reader(route.data) as reader:
             while sent < total:
                 if sent == f.stall_after and owner._fire(route, "stall", f.stall_times):
@@ -284,6 +309,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if sent == f.truncate_after and owner._fire(route, "truncate", f.truncate_times):
                     self.close_connection = True  # finish() closes: a clean FIN, short of Content-Length
                     return sent, "truncated"
+                if f.drip_after is not None and sent >= f.drip_after:
+                    if owner._stop.wait(f.drip_seconds):
+                        return self._reset(sent, "closed")
+                    chunk = 1
                 n = min([chunk, total - sent] + [t - sent for t in triggers if t > sent])
                 pos = start + sent
                 in_file = max(0, min(n, end - pos))

@@ -70,7 +70,7 @@ def test_no_module_but_files_composes_a_no_follow_open() -> None:
     for path, text in _sources().items():
         if path.name == "files.py" and path.parent.name == "store":
             assert text.count('"O_NOFOLLOW"') == 1
-        elif path.name != "transfer.py":  # the engine's reopen of its partial file: see the report
+        else:
             assert "O_NOFOLLOW" not in text, path
 
 

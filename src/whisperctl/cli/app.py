@@ -225,6 +225,17 @@ def download(
             "--stall-timeout", min=0.1, help="Seconds without a byte before a connection is retried."
         ),
     ] = 30.0,
+    speed_limit: Annotated[
+        int,
+        typer.Option(
+            "--speed-limit",
+            min=0,
+            help="Minimum bytes/s over --speed-time; below it, the connections are retried (0: no minimum).",
+        ),
+    ] = 1024,
+    speed_time: Annotated[
+        float, typer.Option("--speed-time", min=0.1, help="Seconds over which --speed-limit is measured.")
+    ] = 60.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Download models into the cache, verified (SHA-256) while they stream; resumes interrupted downloads."""
@@ -244,7 +255,12 @@ def download(
             offline=offline or None,  # None: WHISPERCTL_OFFLINE decides
             force=force,
             jobs=jobs,
-            options=TransferOptions(connections=connections, stall_timeout=stall_timeout),
+            options=TransferOptions(
+                connections=connections,
+                stall_timeout=stall_timeout,
+                speed_limit=speed_limit,
+                speed_time=speed_time,
+            ),
             progress=bars,
             check=False,
         )

@@ -1,8 +1,9 @@
-"""Downloading models into the cache: sources, locks, verification, the final rename.
+"""Downloading models into the cache: the decision, the sources in order, the lock, the final rename.
 
-For each model: a file whose stamp says *verified* costs nothing; a file already there but never hashed
-(openai-whisper's, say) is hashed once and stamped; otherwise the model is fetched from the mirrors in order,
-then from its official URL, under a per-model lock so that concurrent processes download it once.
+For each model, :func:`.decision.decide` says what to do from what is on disk and what is asked: a file whose
+stamp says *verified* costs nothing; a file already there but never hashed (openai-whisper's) is hashed once
+and stamped; otherwise the model is fetched from its sources in order (the mirrors, then its official URL,
+see :mod:`.sources`), under a per-model lock so that concurrent processes download it once.
 
 "The lock is for efficiency, the hash is for correctness": whatever the locks did, a file reaches its final
 name only by ``os.replace`` after its SHA-256 matched and its data was fsynced.
@@ -15,11 +16,10 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -31,14 +31,23 @@ from whisperctl.errors import (
     NotCachedError,
     UsageError,
     WhisperctlError,
-    quoted,
 )
+from whisperctl.fetch.decision import Action, Ask, Decision, FileState, OnDisk, decide
 from whisperctl.fetch.http.client import make_client
-from whisperctl.fetch.transfer import TransferOptions, fetch_url
+from whisperctl.fetch.sources import (
+    MIRROR_ENV,
+    Fetched,
+    Mirror,
+    Network,
+    OfficialSource,
+    Request,
+    Source,
+    parse_mirrors,
+)
+from whisperctl.fetch.transfer import TransferOptions
 from whisperctl.models.registry import ModelSpec
 from whisperctl.store.cache import Cache
-from whisperctl.store.files import create_partial, write_error
-from whisperctl.store.hashing import copy_hashing, sha256_file
+from whisperctl.store.hashing import sha256_file
 from whisperctl.store.locks import model_lock
 from whisperctl.store.place import place_verified, remove_stale_temporaries, stale_temporaries
 
@@ -54,7 +63,6 @@ __all__ = [
     "parse_mirrors",
 ]
 
-MIRROR_ENV = "WHISPERCTL_MIRROR"
 OFFLINE_ENV = "WHISPERCTL_OFFLINE"
 
 
@@ -91,7 +99,7 @@ class DownloadRecord:
 
 
 class DownloadProgress(Protocol):
-    """Progress of a whole run; ``output.py`` implements it with rich."""
+    """Progress of a whole run; the CLI implements it with rich."""
 
     def start(self, name: str, total: int | None, completed: int) -> None: ...
 
@@ -100,50 +108,6 @@ class DownloadProgress(Protocol):
     def note(self, name: str, message: str) -> None: ...
 
     def finish(self, record: DownloadRecord) -> None: ...
-
-
-@dataclass(frozen=True)
-class Mirror:
-    """A base URL or a local directory laid out as ``<base>/<sha256>/<filename>``."""
-
-    location: str
-    directory: Path | None = None
-
-    def locate(self, spec: ModelSpec) -> str:
-        if self.directory is not None:
-            return str(self.directory / spec.sha256 / spec.filename)
-        return f"{self.location.rstrip('/')}/{spec.sha256}/{spec.filename}"
-
-
-def parse_mirrors(values: Sequence[str]) -> tuple[Mirror, ...]:
-    """Mirrors from ``--mirror`` values or ``$WHISPERCTL_MIRROR`` (each may hold a comma-separated list)."""
-    mirrors = []
-    for value in values:
-        for item in (v.strip() for v in value.split(",")):
-            if not item:
-                continue
-            try:
-                scheme = urlsplit(item).scheme.lower()
-            except ValueError as exc:  # "http://[::1": an unclosed IPv6 bracket
-                raise UsageError(
-                    f"mirror {quoted(item)}: not a URL ({exc}); give an http(s) URL or a directory"
-                ) from None
-            if scheme in ("http", "https"):
-                mirrors.append(Mirror(item))
-            elif scheme == "file":
-                mirrors.append(Mirror(item, Path(unquote(urlsplit(item).path))))
-            elif scheme and len(scheme) > 1:  # "c:" is a Windows drive, not a scheme
-                raise UsageError(
-                    f"mirror {item!r}: unsupported scheme {scheme!r}; use http(s)://, file:// or a path"
-                )
-            else:
-                path = Path(item).expanduser()
-                if not path.is_dir():
-                    raise UsageError(
-                        f"mirror {item!r}: not a directory; give an http(s) URL or the path of a mirror tree"
-                    )
-                mirrors.append(Mirror(item, path.absolute()))
-    return tuple(mirrors)
 
 
 def env_offline() -> bool:
@@ -166,21 +130,51 @@ class _NamedProgress:
             self.progress.advance(self.name, nbytes)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Run:
+    """What the model lock and the final rename need: the cache and whom to tell."""
+
     cache: Cache
-    client: httpx.AsyncClient | None
-    mirrors: tuple[Mirror, ...]
-    offline: bool
-    force: bool
-    options: TransferOptions
     progress: DownloadProgress | None
     lock_poll: float = 0.25
 
 
-async def _hash_existing(run: _Run, spec: ModelSpec, path: Path) -> str | None:
+@dataclass
+class _Outcome:
+    """One model's download as it goes: the warnings met on the way, for its record."""
+
+    spec: ModelSpec
+    path: Path
+    progress: DownloadProgress | None
+    t0: float = field(default_factory=time.monotonic)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self.progress is not None:
+            self.progress.note(self.spec.name, message)
+
+    def record(
+        self, status: DownloadStatus, source: str | None, digest: str | None, resumed: int = 0
+    ) -> DownloadRecord:
+        size = self.path.stat().st_size if self.path.exists() else None
+        return DownloadRecord(
+            self.spec.name,
+            self.path,
+            digest,
+            size,
+            status,
+            round(time.monotonic() - self.t0, 3),
+            source,
+            resumed_from=resumed,
+            warnings=tuple(self.warnings),
+        )
+
+
+async def _hash_existing(cache: Cache, spec: ModelSpec, progress: DownloadProgress | None) -> str | None:
     """Hash a file found in place (e.g. left by openai-whisper) and stamp it; its digest, or None if gone."""
-    named = _NamedProgress(run.progress, spec.name)
+    path = cache.path_for(spec)
+    named = _NamedProgress(progress, spec.name)
     try:
         st = path.stat()
         named.start(st.st_size, 0)
@@ -197,7 +191,7 @@ async def _hash_existing(run: _Run, spec: ModelSpec, path: Path) -> str | None:
     if path.stat().st_mtime_ns == st.st_mtime_ns:
         # A read-only cache still serves its files: the stamp only spares the next run this hashing.
         with contextlib.suppress(OSError):
-            run.cache.write_stamp(spec, st, digest)
+            cache.write_stamp(spec, st, digest)
     return digest
 
 
@@ -217,184 +211,128 @@ def _lock(run: _Run, spec: ModelSpec) -> contextlib.AbstractAsyncContextManager[
     )
 
 
-async def _copy_from_directory(
-    run: _Run, spec: ModelSpec, source: Path, part: Path, state: Path
-) -> tuple[str, int, int]:
-    """Copy a file from a local mirror tree into ``part``, hashing as it goes.
+def _leftovers(cache: Cache, spec: ModelSpec) -> list[Path]:
+    found = [p for p in (cache.partial_path(spec), cache.partial_state_path(spec)) if p.exists()]
+    return found + stale_temporaries(cache, spec)  # (a run killed between its two renames)
 
-    Returns (digest, size, descriptor of the partial file, left open for :func:`place_verified`).
-    """
-    named = _NamedProgress(run.progress, spec.name)
-    loop = asyncio.get_running_loop()
 
-    def copy() -> tuple[str, int, int]:
+def _on_disk(cache: Cache, spec: ModelSpec) -> OnDisk:
+    status = cache.entry(spec).status
+    file: FileState = "verified" if status == "verified" else "unhashed" if status == "present" else "absent"
+    partial = cache.partial_path(spec).is_file()
+    return OnDisk(file, partial=partial, leftovers=file != "absent" and bool(_leftovers(cache, spec)))
+
+
+async def _settle(
+    cache: Cache, spec: ModelSpec, ask: Ask, progress: DownloadProgress | None
+) -> tuple[Decision, OnDisk]:
+    """Look at the cache and decide, hashing an unhashed file first when the decision needs it."""
+    disk = _on_disk(cache, spec)
+    decision = decide(disk, ask)
+    if decision.action is Action.HASH:
+        disk = replace(disk, matched=await _hash_existing(cache, spec, progress) == spec.sha256)
+        decision = decide(disk, ask)
+    return decision, disk
+
+
+def _remove_files(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+async def _fetch(
+    spec: ModelSpec,
+    sources: Sequence[Source],
+    request: Request,
+    network: Network,
+    warn: Callable[[str], None],
+) -> tuple[Source, Fetched]:
+    """Try each source in turn: the first that gives the file, with what it gave; each source that failed
+    before it is passed to ``warn``."""
+    failures: list[WhisperctlError] = []
+    for source in sources:
+        location = source.locate(spec)
         try:
-            src = open(source, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            raise NetworkError(f"{source}: not in the mirror directory") from None
-        except OSError as exc:
-            raise NetworkError(f"{source}: cannot read the mirror ({exc.strerror or exc})") from exc
-        with src:
-            size = os.fstat(src.fileno()).st_size
-            if spec.size_bytes is not None and size != spec.size_bytes:
-                raise IntegrityError(
-                    f"{source}: {size:,} bytes, expected {spec.size_bytes:,}; the mirror holds another file"
-                )
-            fd = create_partial(part, state, size)
-            try:
-                loop.call_soon_threadsafe(named.start, size, 0)
-                digest, copied = copy_hashing(
-                    src.fileno(), fd, on_bytes=lambda n: loop.call_soon_threadsafe(named.advance, n)
-                )
-                os.fsync(fd)
-            except OSError as exc:
-                os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
-                raise write_error(exc, part) from exc
-            except BaseException:
-                os.close(fd)
-                raise
-        return digest, copied, fd
-
-    return await asyncio.to_thread(copy)
-
-
-def _sources(run: _Run, spec: ModelSpec) -> list[tuple[str, Path | None]]:
-    found: list[tuple[str, Path | None]] = []
-    for mirror in run.mirrors:
-        found.append((mirror.locate(spec), Path(mirror.locate(spec)) if mirror.directory else None))
-    if not run.offline:
-        found.append((spec.url, None))
-    return found
-
-
-async def _fetch(run: _Run, spec: ModelSpec, warn: Callable[[str], None]) -> tuple[str, str, int, int, int]:
-    """Try each source in turn: (source, digest, size, resumed_from, open descriptor) of the first that gives
-    the file; each source that failed before it is passed to ``warn``."""
-    cache = run.cache
-    part, state = cache.partial_path(spec), cache.partial_state_path(spec)
-    failures: list[tuple[str, WhisperctlError]] = []
-    for location, directory in _sources(run, spec):
-        try:
-            if directory is not None:
-                digest, size, fd = await _copy_from_directory(run, spec, directory, part, state)
-                resumed = 0
-            else:
-                if run.client is None:  # pragma: no cover - offline runs never get here
-                    raise NetworkError("no HTTP client")
-                result = await fetch_url(
-                    run.client,
-                    location,
-                    part,
-                    state,
-                    expected_sha256=spec.sha256,
-                    expected_size=spec.size_bytes,
-                    options=run.options,
-                    progress=_NamedProgress(run.progress, spec.name),
-                )
-                digest, size, resumed, fd = result.sha256, result.size, result.resumed_from, result.fd
-            if digest != spec.sha256:
-                os.close(fd)
-                for path in (part, state):
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
+            fetched = await source.fetch(request, network)
+            if fetched.digest != spec.sha256:
+                os.close(fetched.fd)
+                _remove_files(request.part, request.state)
                 raise IntegrityError(
                     f"{spec.filename}: SHA-256 mismatch from {location} (expected {spec.sha256}, "
-                    f"got {digest}); the partial file was removed; run `whisperctl download {spec.name}` "
-                    "again or check the mirror"
+                    f"got {fetched.digest}); the partial file was removed; run `whisperctl download "
+                    f"{spec.name}` again or check the mirror"
                 )
-            return location, digest, size, resumed, fd
+            return source, fetched
         except (NetworkError, IntegrityError) as exc:
-            failures.append((location, exc))
-            if len(failures) < len(_sources(run, spec)):
+            failures.append(exc)
+            if len(failures) < len(sources):
                 warn(f"{exc}; trying the next source")
     if len(failures) == 1:
-        raise failures[0][1]
-    last = failures[-1][1]
-    detail = "; ".join(str(exc) for _, exc in failures)
-    error = type(last)(f"{spec.name}: every source failed: {detail}")
-    raise error
+        raise failures[0]
+    detail = "; ".join(str(exc) for exc in failures)
+    raise type(failures[-1])(f"{spec.name}: every source failed: {detail}")
 
 
-async def _download_one(run: _Run, spec: ModelSpec) -> DownloadRecord:
-    t0 = time.monotonic()
-    cache = run.cache
-    final = cache.path_for(spec)
-    warnings: list[str] = []
+@dataclass(frozen=True)
+class _Plan:
+    """What a run does for every model."""
 
-    def warn(message: str) -> None:
-        warnings.append(message)
-        if run.progress is not None:
-            run.progress.note(spec.name, message)
+    cache: Cache
+    sources: tuple[Source, ...]  # in order; offline, only those that work without the network
+    network: Network
+    ask: Ask
+    progress: DownloadProgress | None
+    lock_poll: float = 0.25
 
-    def record(
-        status: DownloadStatus, source: str | None, digest: str | None, resumed: int = 0
-    ) -> DownloadRecord:
-        size = final.stat().st_size if final.exists() else None
-        return DownloadRecord(
-            spec.name,
-            final,
-            digest,
-            size,
-            status,
-            round(time.monotonic() - t0, 3),
-            source,
-            resumed_from=resumed,
-            warnings=tuple(warnings),
-        )
 
-    async def cached(locked: bool, *, before_lock: bool = False) -> DownloadRecord | None:
-        entry = cache.entry(spec)
-        if entry.status != "verified" and not (
-            entry.status == "present" and await _hash_existing(run, spec, final) == spec.sha256
-        ):
-            return None
-        # A partial download left next to a good file (a run killed after its rename, or a --force run
-        # cut short) is of no use any more: remove it, but only under the lock, where no other process
-        # is writing it.
-        leftovers = [p for p in (cache.partial_path(spec), cache.partial_state_path(spec)) if p.exists()]
-        leftovers += stale_temporaries(cache, spec)  # (a run killed between its two renames)
-        if leftovers and before_lock:
-            return None  # take the lock, then look again
-        if locked:  # without the lock (none can be taken here), they stay: the file is good all the same
-            for path in leftovers:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        return record(DownloadStatus.CACHED, "cache", spec.sha256)
-
+async def _download_one(plan: _Plan, spec: ModelSpec) -> DownloadRecord:
+    cache = plan.cache
+    outcome = _Outcome(spec, cache.path_for(spec), plan.progress)
     cache.ensure()
-    if not run.force and (done := await cached(locked=False, before_lock=True)) is not None:
-        return done
+    decision, _ = await _settle(cache, spec, plan.ask, plan.progress)
     offline_hint = (
-        f"{spec.name}: not in the cache ({final}) and offline mode is on; run `whisperctl download "
+        f"{spec.name}: not in the cache ({outcome.path}) and offline mode is on; run `whisperctl download "
         f"{spec.name}` with network access, or give a --mirror directory that holds it"
     )
-    if run.offline and not run.mirrors:
+    if decision.action is Action.SERVE:
+        return outcome.record(DownloadStatus.CACHED, "cache", spec.sha256)
+    if decision.action is Action.NOT_CACHED:
         raise NotCachedError(offline_hint)
+    run = _Run(cache, plan.progress, plan.lock_poll)
     async with _lock(run, spec) as locked:
         if locked:
             remove_stale_temporaries(cache, spec)
         # Another process may have finished it while this one waited for the lock.
-        if not run.force and (done := await cached(locked=locked)) is not None:
-            return done
+        decision, _ = await _settle(cache, spec, replace(plan.ask, locked=locked), plan.progress)
+        if decision.action is Action.SERVE:
+            if decision.clean:
+                _remove_files(*_leftovers(cache, spec))
+            return outcome.record(DownloadStatus.CACHED, "cache", spec.sha256)
+        if decision.action is not Action.FETCH:  # pragma: no cover - under the lock: serve or fetch
+            raise NotCachedError(offline_hint)
+        request = Request(
+            spec,
+            cache.partial_path(spec),
+            cache.partial_state_path(spec),
+            _NamedProgress(plan.progress, spec.name),
+            decision.resume,
+        )
         try:
-            source, digest, _size, resumed, fd = await _fetch(run, spec, warn)
+            source, fetched = await _fetch(spec, plan.sources, request, plan.network, outcome.warn)
         except NetworkError as exc:
-            if run.offline:  # only directory mirrors were tried, and none holds it
+            if plan.ask.offline:  # only directory mirrors were tried, and none holds it
                 raise NotCachedError(f"{offline_hint} ({exc})") from exc
             raise
         try:
-            warning = await asyncio.to_thread(place_verified, cache, spec, digest, fd)
+            warning = await asyncio.to_thread(place_verified, cache, spec, fetched.digest, fd := fetched.fd)
         finally:
             os.close(fd)
         if warning is not None:
-            warn(warning)
-        return record(DownloadStatus.DOWNLOADED, source, digest, resumed)
-
-
-def _offline_mirrors_only(mirrors: tuple[Mirror, ...]) -> tuple[Mirror, ...]:
-    return tuple(m for m in mirrors if m.directory is not None)
+            outcome.warn(warning)
+        return outcome.record(
+            DownloadStatus.DOWNLOADED, source.locate(spec), fetched.digest, fetched.resumed_from
+        )
 
 
 async def download_models(
@@ -422,13 +360,14 @@ async def download_models(
     own_client = client is None and not offline
     if own_client:
         client = make_client(options, max_connections=jobs * options.connections + jobs)
-    run = _Run(
+    sources = (*mirrors, OfficialSource())
+    if offline:
+        sources = tuple(s for s in sources if s.offline)
+    plan = _Plan(
         cache=cache,
-        client=client,
-        mirrors=_offline_mirrors_only(mirrors) if offline else mirrors,
-        offline=offline,
-        force=force,
-        options=options,
+        sources=sources,
+        network=Network(client, options),
+        ask=Ask(force=force, offline=offline, offline_sources=bool(sources)),
         progress=progress,
     )
     semaphore = asyncio.Semaphore(jobs)
@@ -437,7 +376,7 @@ async def download_models(
         t0 = time.monotonic()
         async with semaphore:
             try:
-                rec = await _download_one(run, spec)
+                rec = await _download_one(plan, spec)
             except WhisperctlError as exc:
                 rec = DownloadRecord(
                     spec.name,

@@ -243,6 +243,7 @@ def describe_transport_error(client: httpx.AsyncClient, url: str, exc: httpx.Tra
     kind = type(exc).__name__
     detail = sanitized(str(exc) or "no detail", 200)
     proxy = _proxy_of(client, url)
+    url = sanitized(url, 200)  # a redirect target is the server's choice
     if proxy is not None:
         name, value = proxy
         where = f"the proxy {sanitized(value, 100)} (from {name})"

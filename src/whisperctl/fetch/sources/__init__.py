@@ -1,0 +1,67 @@
+"""Where model files come from: sources behind one small interface (:class:`.base.Source`), chosen from the
+form of a mirror by :func:`choose_source`, as pooch chooses its downloaders from a URL.
+
+A mirror is an ``http(s)://`` base URL (:mod:`.http`) or a directory, given as a path or a ``file://`` URL
+(:mod:`.directory`); the official URL of each model is a source of its own, tried last. Adding a source (an
+OCI registry, say) is one new module and one line in :func:`choose_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from whisperctl.errors import UsageError, quoted
+from whisperctl.fetch.sources.base import Fetched, Network, Request, Source
+from whisperctl.fetch.sources.directory import DirectoryMirror
+from whisperctl.fetch.sources.http import HTTPMirror, OfficialSource
+
+__all__ = [
+    "MIRROR_ENV",
+    "DirectoryMirror",
+    "Fetched",
+    "HTTPMirror",
+    "Mirror",
+    "Network",
+    "OfficialSource",
+    "Request",
+    "Source",
+    "choose_source",
+    "parse_mirrors",
+]
+
+MIRROR_ENV = "WHISPERCTL_MIRROR"
+
+Mirror = Source  # what --mirror and $WHISPERCTL_MIRROR name
+
+
+def choose_source(item: str) -> Source:
+    """The source a mirror names, from its form: an http(s) URL, a ``file://`` URL or a directory path."""
+    try:
+        scheme = urlsplit(item).scheme.lower()
+    except ValueError as exc:  # "http://[::1": an unclosed IPv6 bracket
+        raise UsageError(
+            f"mirror {quoted(item)}: not a URL ({exc}); give an http(s) URL or a directory"
+        ) from None
+    if scheme in ("http", "https"):
+        return HTTPMirror(item)
+    if scheme == "file":
+        return DirectoryMirror(item, Path(unquote(urlsplit(item).path)))
+    if scheme and len(scheme) > 1:  # "c:" is a Windows drive, not a scheme
+        raise UsageError(
+            f"mirror {quoted(item)}: unsupported scheme {scheme!r}; use http(s)://, file:// or a path"
+        )
+    path = Path(item).expanduser()
+    if not path.is_dir():
+        raise UsageError(
+            f"mirror {quoted(item)}: not a directory; give an http(s) URL or the path of a mirror tree"
+        )
+    return DirectoryMirror(item, path.absolute())
+
+
+def parse_mirrors(values: Sequence[str]) -> tuple[Source, ...]:
+    """Mirrors from ``--mirror`` values or ``$WHISPERCTL_MIRROR`` (each may hold a comma-separated list)."""
+    return tuple(
+        choose_source(item) for value in values for item in (v.strip() for v in value.split(",")) if item
+    )
