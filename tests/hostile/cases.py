@@ -384,7 +384,7 @@ def _ranges() -> list[Case]:
 def _drip_head(w: World) -> Script:
     def script(conn: Conn) -> None:
         if (req := conn.request()) is not None:
-            answer = partial(req, w.data)
+            answer = partial(req, w.data, b"X-Pad: " + b"p" * 2000)  # about 100 s for the head alone
             cut = answer.index(b"\r\n\r\n") + 4
             if conn.drip(answer[:cut], 0.05):
                 conn.send(answer[cut:])
@@ -424,8 +424,11 @@ def _never_read(w: World) -> Script:
 
 
 def _tls_drip(w: World) -> Script:
-    # A TLS record header announcing a 16 KiB handshake message, then one byte of it every 0.2 s.
-    return lambda conn: conn.drip(b"\x16\x03\x03\x40\x00" + b"\x02" + b"\x00" * 16_000, 0.2)
+    def script(conn: Conn) -> None:
+        # A TLS record header announcing a 16 KiB handshake message, then one byte of it every 0.2 s.
+        conn.drip(b"\x16\x03\x03\x40\x00" + b"\x02" + b"\x00" * 16_000, 0.2)
+
+    return script
 
 
 def _thousand(then: str) -> Callable[[World], Script]:
@@ -457,8 +460,15 @@ def _slow_but_honest(w: World) -> Script:
 
 
 def _slow() -> list[Case]:
-    def slow(name: str, script: Callable[[World], Script], **kw: object) -> Case:
-        return Case(name, SLOW, script, NETWORK, args=SPEED, **kw)  # type: ignore[arg-type]
+    def slow(
+        name: str,
+        script: Callable[[World], Script],
+        *,
+        tls: bool = False,
+        handshake: bool = True,
+        size: int = 64 * KiB,
+    ) -> Case:
+        return Case(name, SLOW, script, NETWORK, args=SPEED, tls=tls, handshake=handshake, size=size)
 
     return [
         slow("head-drips-byte-by-byte", _drip_head),
@@ -530,8 +540,8 @@ def _evil_then_redirect(w: World) -> Script:
 def _echo_cases() -> list[Case]:
     maybe = frozenset({0, 3})  # a client may refuse such an answer, or drop the bad validator and resume
 
-    def case(name: str, validator: bytes, **kw: object) -> Case:
-        return Case(name, ECHO, _echo(validator), maybe, echo_check=True, **kw)  # type: ignore[arg-type]
+    def case(name: str, validator: bytes, *, tls: bool = False) -> Case:
+        return Case(name, ECHO, _echo(validator), maybe, echo_check=True, tls=tls)
 
     date = b"Last-Modified: Tue, 01 Jan 2030 00:00:00 GMT"
     return [
@@ -576,8 +586,8 @@ def _growing_redirect(w: World, req: Request) -> bytes:
 def _text() -> list[Case]:
     esc_body = b"\x1b[2J\x1b[31mYOU HAVE BEEN \x1b]0;owned\x07PWNED\r\n\x00" + b"\xe2\x80\xae" + b"A" * 10_000
 
-    def case(name: str, script: Callable[[World], Script], **kw: object) -> Case:
-        return Case(name, TEXT, script, NETWORK, mirror=True, timeout=60, **kw)  # type: ignore[arg-type]
+    def case(name: str, script: Callable[[World], Script], *, tls: bool = False) -> Case:
+        return Case(name, TEXT, script, NETWORK, mirror=True, timeout=60, tls=tls)
 
     return [
         case("reason-escape-sequences", _text_status(b"HTTP/1.1 404 \x1b[31mNot Found\x1b]0;owned\x07")),

@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected what they deselect
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     config.stash[_SELECTED] = [
-        item.callspec.params["case_name"]
+        str(item.callspec.params["case_name"])
         for item in items
         if isinstance(item, pytest.Function)
         and hasattr(item, "callspec")
@@ -67,8 +67,12 @@ def outcomes(
     selected = [CASES[n] for n in request.config.stash[_SELECTED]]
     selected = [c for c in selected if certificate is not None or not c.tls]
     selected.sort(key=lambda c: -c.timeout)
-    with ThreadPoolExecutor(max_workers=jobs(), thread_name_prefix="hostile") as pool:
-        yield {c.name: pool.submit(run_case, c, certificate) for c in selected}
+    env = dict(os.environ)  # once, here: the tests' own fixtures change os.environ while the cases run
+    pool = ThreadPoolExecutor(max_workers=jobs(), thread_name_prefix="hostile")
+    try:
+        yield {c.name: pool.submit(run_case, c, certificate, env) for c in selected}
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after -x, the cases not started yet are dropped
 
 
 @pytest.fixture

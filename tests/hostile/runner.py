@@ -9,6 +9,7 @@ which this runner made), which fails the case: every run must end by itself.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import hashlib
 import json
 import os
@@ -64,7 +65,8 @@ def payload(case: Case) -> bytes:
     return random.Random(case.name).randbytes(case.size)
 
 
-def run_case(case: Case, cert: tuple[Path, Path] | None) -> Outcome:
+def run_case(case: Case, cert: tuple[Path, Path] | None, environ: dict[str, str]) -> Outcome:
+    """Run ``case`` against its servers; ``environ`` is the environment the child starts from."""
     data = payload(case)
     root = Path(tempfile.mkdtemp(prefix=f"hostile-{case.name[:40]}-"))
     world = World(data)
@@ -74,7 +76,7 @@ def run_case(case: Case, cert: tuple[Path, Path] | None) -> Outcome:
         servers.append(ScriptedServer(case.second(world), tls=tls))
     world.urls = [s.base_url for s in servers]
     try:
-        return _run(case, root, servers, data, cert)
+        return _run(case, root, servers, data, cert, environ)
     finally:
         for server in servers:
             server.close()
@@ -82,7 +84,12 @@ def run_case(case: Case, cert: tuple[Path, Path] | None) -> Outcome:
 
 
 def _run(
-    case: Case, root: Path, servers: list[ScriptedServer], data: bytes, cert: tuple[Path, Path] | None
+    case: Case,
+    root: Path,
+    servers: list[ScriptedServer],
+    data: bytes,
+    cert: tuple[Path, Path] | None,
+    environ: dict[str, str],
 ) -> Outcome:
     cache, home = root / "cache", root / "home"
     cache.mkdir()
@@ -240,14 +247,34 @@ def _json_problems(o: Outcome, limit: int) -> list[str]:
     return found
 
 
+_CONDITIONS = ("if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+_STRONG_ETAG = re.compile(r'"[\x21\x23-\x7e]*"')
+
+
+def _valid_validator(value: str) -> bool:
+    """A strong entity-tag or an HTTP date (RFC 9110, 13.1.5), in printable ASCII and nothing more."""
+    if _STRONG_ETAG.fullmatch(value):
+        return True
+    if not value.isascii() or not value.isprintable() or INJECTED in value.lower():
+        return False
+    try:
+        return email.utils.parsedate_to_datetime(value) is not None
+    except (TypeError, ValueError):
+        return False
+
+
 def _echo_problems(o: Outcome) -> list[str]:
-    """A request must be well formed and carry nothing the server smuggled into a validator."""
+    """A request must be well formed and carry nothing the server smuggled into a validator; a validator
+    sent back must be a valid one."""
     found = []
     for raw in o.requests:
         head = raw[:-4]  # the final CRLF CRLF
         for line in re.split(rb"\r\n|\r|\n", head):
             if line.strip().lower().startswith(INJECTED.encode()):
                 found.append(f"a field the server chose was sent back as a header: {line[:120]!r}")
+        for name, sep, value in (line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:]):
+            if sep and name.strip().lower() in _CONDITIONS and not _valid_validator(value.strip()):
+                found.append(f"a validator sent back that is not a valid one: {name}:{value[:120]!r}")
         stray = head.replace(b"\r\n", b"")
         if any(c in stray for c in (b"\r", b"\n", b"\0")):
             found.append(f"a request head with a bare CR, LF or NUL: {raw[:300]!r}")
