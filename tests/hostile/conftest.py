@@ -1,6 +1,7 @@
 """The hostile suite runs its cases in parallel: the first test starts every selected case in a pool of
-``HOSTILE_JOBS`` threads (default 8), each case a child process of its own; each test then waits for its
-case and checks it. The figures are printed at the end, and written to ``HOSTILE_REPORT`` when it is set."""
+``HOSTILE_JOBS`` threads (default 12: most cases spend their time waiting), each case a child process of its
+own; each test then waits for its case and checks it. The figures are printed at the end, and written to
+``HOSTILE_REPORT`` when it is set."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ _STARTED = pytest.StashKey[float]()
 
 
 def jobs() -> int:
-    return int(os.environ.get("HOSTILE_JOBS") or 8)
+    return int(os.environ.get("HOSTILE_JOBS") or 12)
 
 
 def pytest_configure(config: pytest.Config) -> None:
