@@ -79,16 +79,9 @@ def _status(line: bytes) -> Callable[[World], Script]:
     )
 
 
-def _fields(
-    *fields: bytes, status: bytes = b"HTTP/1.1 200 OK", body: bool = True
-) -> Callable[[World], Script]:
+def _fields(*fields: bytes, status: bytes = b"HTTP/1.1 200 OK") -> Callable[[World], Script]:
     """A response with exactly these fields, then the whole payload, then a close."""
-    return _once(lambda w, req: head(status, *fields) + (w.data if body else b""))
-
-
-def _with(*extra: bytes) -> Callable[[World], Script]:
-    """An honest 206 with extra fields."""
-    return _once(lambda w, req: partial(req, w.data, *extra))
+    return _once(lambda w, req: head(status, *fields) + w.data)
 
 
 def _forever(prefix: bytes, unit: bytes) -> Callable[[World], Script]:
@@ -298,10 +291,16 @@ def _ranges() -> list[Case]:
     n = 64 * KiB
     tib = 1 << 40
     return [
+        # Asked for the whole file, told it gets it from byte 100 on (and given it from byte 0).
         Case(
             "content-range-wrong-start",
             RANGES,
-            _range(b"Content-Range: bytes 100-%d/%d" % (n + 99, n)),
+            _once(
+                lambda w, r: (
+                    head(b"HTTP/1.1 206 Partial Content", content_range(100, n, n), length(n - 100))
+                    + w.data[: n - 100]
+                )
+            ),
             FAULT,
         ),
         Case(
@@ -345,6 +344,12 @@ def _ranges() -> list[Case]:
             ),
             FAULT,
             sized=False,
+        ),
+        Case(
+            "content-range-end-past-total",
+            RANGES,
+            _range(b"Content-Range: bytes 100-%d/%d" % (n + 99, n)),
+            FAULT,
         ),
         Case("partial-without-content-range", RANGES, _range(), FAULT),
         Case("content-range-unsatisfied-form", RANGES, _range(b"Content-Range: bytes */%d" % n), FAULT),
@@ -537,6 +542,23 @@ def _evil_then_redirect(w: World) -> Script:
     return script
 
 
+def _redirect_first(location: bytes) -> Callable[[World], Script]:
+    """The first connection is redirected to ``location`` (the server's own text), the others answered."""
+
+    def factory(w: World) -> Script:
+        def script(conn: Conn) -> None:
+            if conn.index == 0:
+                answer_once(
+                    conn, lambda req: head(b"HTTP/1.1 302 Found", b"Location: " + location, length(0))
+                )
+            else:
+                honest(w)(conn)
+
+        return script
+
+    return factory
+
+
 def _echo_cases() -> list[Case]:
     maybe = frozenset({0, 3})  # a client may refuse such an answer, or drop the bad validator and resume
 
@@ -553,6 +575,9 @@ def _echo_cases() -> list[Case]:
         case("last-modified-bare-lf", date + b"\n" + INJECT),
         case("last-modified-bare-cr", date + b"\r" + INJECT),
         case("etag-bare-lf-tls", b"ETag: " + ETAG + b"\n" + INJECT, tls=True),
+        # A redirect target is the server's text too: it must not reach a request line or field raw.
+        Case("location-bare-cr", ECHO, _redirect_first(b"/m2.pt\r" + INJECT), maybe, echo_check=True),
+        Case("location-bare-lf", ECHO, _redirect_first(b"/m2.pt\n" + INJECT), maybe, echo_check=True),
         Case(
             "redirect-then-evil-etag",
             ECHO,

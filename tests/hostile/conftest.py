@@ -25,7 +25,6 @@ from .runner import Outcome, problems, run_case
 CASES = {c.name: c for c in all_cases()}
 _SELECTED = pytest.StashKey[list[str]]()
 _TALLY = pytest.StashKey[Tally]()
-_STARTED = pytest.StashKey[float]()
 
 
 def jobs() -> int:
@@ -64,7 +63,7 @@ def outcomes(
     request: pytest.FixtureRequest, certificate: tuple[Path, Path] | None
 ) -> Iterator[dict[str, Future[Outcome]]]:
     """Every selected case, started at once (the longest first); a test waits for its own."""
-    request.config.stash[_STARTED] = time.monotonic()
+    request.config.stash[_TALLY].started = time.monotonic()
     selected = [CASES[n] for n in request.config.stash[_SELECTED]]
     selected = [c for c in selected if certificate is not None or not c.tls]
     selected.sort(key=lambda c: -c.timeout)
@@ -91,12 +90,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tally = config.stash[_TALLY]
     if not tally.classes:
         return
-    wall = time.monotonic() - config.stash.get(_STARTED, time.monotonic())
     tr = terminalreporter
-    tr.section(f"hostile servers: {tally.total.cases} cases, {jobs()} at a time, {wall:.1f} s")
+    tr.section(f"hostile servers: {tally.total.cases} cases, {jobs()} at a time, {tally.wall:.1f} s")
     tr.write_line(tally.markdown())
     for failure in tally.failures:
         tr.write_line(f"FAILED {failure}")
     if report := os.environ.get("HOSTILE_REPORT"):
-        tally.write(Path(report), wall, jobs())
+        tally.write(Path(report), jobs())
         tr.write_line(f"figures written to {report}")
