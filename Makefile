@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 CHAOS_TRIALS ?= 1000
 CHAOS_SEED ?= 6
 
-.PHONY: help install demo test chaos check bench clean
+.PHONY: help install demo test chaos hostile check bench clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ test: install ## Run the whole test suite
 chaos: install ## Run the chaos suite at full size (1,000 seeded trials; figures in bench/results/chaos.json)
 	CHAOS_TRIALS=$(CHAOS_TRIALS) CHAOS_SEED=$(CHAOS_SEED) CHAOS_REPORT=bench/results/chaos.json \
 		$(BIN)/pytest -q tests/chaos
+
+hostile: install ## Run the hostile-server suite alone (figures in bench/results/hostile.json)
+	HOSTILE_REPORT=bench/results/hostile.json $(BIN)/pytest -q tests/hostile
 
 check: install ## ruff + mypy (strict) on src/
 	$(BIN)/ruff check src tests bench demo
