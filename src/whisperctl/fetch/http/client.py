@@ -241,9 +241,11 @@ def describe_transport_error(client: httpx.AsyncClient, url: str, exc: httpx.Tra
     The engine raises the result for a failure that no retry mends (``UnsupportedProtocol``,
     ``LocalProtocolError``, ``ProxyError``) and retries the others with its message."""
     kind = type(exc).__name__
-    detail = sanitized(str(exc) or "no detail", 200)
+    # Both bounded, so that the line stays short (a redirect target is the server's choice, and a parser's
+    # complaint may quote the bytes it refused).
+    detail = sanitized(str(exc) or "no detail", 120)
     proxy = _proxy_of(client, url)
-    url = sanitized(url, 200)  # a redirect target is the server's choice
+    url = sanitized(url, 120)
     if proxy is not None:
         name, value = proxy
         where = f"the proxy {sanitized(value, 100)} (from {name})"

@@ -20,6 +20,7 @@ __all__ = [
     "Untrusted",
     "Validators",
     "check_partial",
+    "framed_length",
     "origin_of",
     "parse_content_range",
     "parse_retry_after",
@@ -77,12 +78,22 @@ def check_partial(headers: Mapping[str, str], start: int, end: int | None, total
         raise Untrusted(f"Content-Range {quoted(value)} for bytes asked up to {end - 1:,}")
     if total is not None and span.total != total:
         raise Untrusted(f"Content-Range {quoted(value)} for a file of {total:,} bytes")
-    length = headers.get("content-length")
-    if length is not None and _DIGITS.fullmatch(length) and int(length) != span.last - span.first + 1:
+    length = framed_length(headers)
+    if length is not None and length != span.last - span.first + 1:
         raise Untrusted(
-            f"Content-Length {int(length):,} disagrees with Content-Range {quoted(value)}", integrity=True
+            f"Content-Length {length:,} disagrees with Content-Range {quoted(value)}", integrity=True
         )
     return span
+
+
+def framed_length(headers: Mapping[str, str]) -> int | None:
+    """The body's length as its framing says: the Content-Length, unless a Transfer-Encoding is present,
+    which overrides it (RFC 9112, section 6.3: the body is then framed by its chunks, and the length a server
+    put beside them says nothing)."""
+    if "transfer-encoding" in headers:
+        return None
+    length = headers.get("content-length")
+    return int(length) if length is not None and _DIGITS.fullmatch(length) else None
 
 
 def probe_total(status: int, headers: Mapping[str, str], expected: int | None, cap: int) -> int | None:
@@ -93,8 +104,7 @@ def probe_total(status: int, headers: Mapping[str, str], expected: int | None, c
     if status == 206:
         total: int | None = check_partial(headers, 0, None, None).total
     else:
-        length = headers.get("content-length")
-        total = int(length) if length is not None and _DIGITS.fullmatch(length) else None
+        total = framed_length(headers)
     if total is None:
         return None
     if expected is not None and total != expected:

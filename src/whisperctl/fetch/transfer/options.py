@@ -62,6 +62,15 @@ class TransferOptions:
         return httpx.Timeout(self.stall_timeout, connect=self.connect_timeout)
 
     @property
+    def head_deadline(self) -> float:
+        """Seconds a request has for its whole response head, connection and TLS handshake included: the
+        head timeout, or less under the minimum pace (no byte of the body can flow before the head, so a
+        head that takes ``speed_time`` seconds is a transfer below ``speed_limit``, as curl counts it)."""
+        if self.speed_limit > 0:
+            return min(self.head_timeout, self.speed_time)
+        return self.head_timeout
+
+    @property
     def least_progress(self) -> int:
         """Bytes an attempt must move for its failure not to count against ``retries``."""
         return max(1, int(self.speed_limit * self.speed_time))

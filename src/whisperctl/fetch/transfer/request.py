@@ -83,8 +83,8 @@ class Route:
 
     async def open(self, start: int, end: int | None, validators: Validators) -> httpx.Response:
         """GET ``bytes=start-(end-1)``; the answer (200 or 206, body unread) once its head arrived within
-        ``head_timeout``. ``If-Range`` goes only to the origin that gave the validators."""
-        limit = self.options.head_timeout
+        ``head_deadline``. ``If-Range`` goes only to the origin that gave the validators."""
+        limit = self.options.head_deadline
         try:
             return await asyncio.wait_for(self._follow(start, end, validators), limit)
         except asyncio.TimeoutError:
