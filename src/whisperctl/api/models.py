@@ -348,6 +348,24 @@ def _ensure_cached(
     )
 
 
+def _check_path_digest(
+    reg: Registry, path: Path, sha256: str, seconds: dict[str, float]
+) -> tuple[ModelSpec | None, str]:
+    """Hash a checkpoint path against ``--sha256``; the registry entry of that digest (its alignment heads
+    then apply), and what the report says of the file's integrity."""
+    from whisperctl.store.hashing import sha256_file
+
+    expected = sha256.strip().lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise UsageError(f"--sha256 {sha256!r}: not a SHA-256 digest (64 hex digits)")
+    start = time.perf_counter()
+    actual = sha256_file(path)
+    seconds["verify"] = time.perf_counter() - start
+    if actual != expected:
+        raise IntegrityError(f"{path}: SHA-256 {actual} does not match the expected {expected}")
+    return next((s for s in reg if s.sha256 == expected), None), "SHA-256 matches --sha256"
+
+
 def load(
     name_or_path: PathLike,
     *,
@@ -387,8 +405,6 @@ def load(
         if exc.name is not None and exc.name.split(".")[0] == "torch":
             raise TorchMissingError("loading a model") from None
         raise
-    from whisperctl.store.hashing import sha256_file
-
     loader.resolve_device(device)  # fail before any download
     loader.resolve_dtype(dtype)
     seconds: dict[str, float] = {}
@@ -411,16 +427,7 @@ def load(
     else:
         path, name, spec, integrity = target, None, None, "not checked"
         if sha256 is not None:
-            expected = sha256.strip().lower()
-            if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-                raise UsageError(f"--sha256 {sha256!r}: not a SHA-256 digest (64 hex digits)")
-            start = time.perf_counter()
-            actual = sha256_file(path)
-            seconds["verify"] = time.perf_counter() - start
-            if actual != expected:
-                raise IntegrityError(f"{path}: SHA-256 {actual} does not match the expected {expected}")
-            integrity = "SHA-256 matches --sha256"
-            spec = next((s for s in reg if s.sha256 == expected), None)
+            spec, integrity = _check_path_digest(reg, path, sha256, seconds)
     if spec is not None and spec.alignment_heads:
         heads, source = spec.alignment_heads, spec.source
     return loader.load_checkpoint(

@@ -381,6 +381,27 @@ def _set_heads(model: nn.Module, into: Into, pairs: tuple[tuple[int, int], ...] 
     return int(mask.sum())
 
 
+def _check_heads(path: Path, ckpt: Checkpoint, heads: tuple[tuple[int, int], ...] | None) -> None:
+    """Alignment heads asked for must lie inside the checkpoint's decoder."""
+    dims = ckpt.dims
+    bad = [p for p in heads or () if not (0 <= p[0] < dims.n_text_layer and 0 <= p[1] < dims.n_text_head)]
+    if bad:
+        raise IntegrityError(
+            f"{path}: alignment heads {bad[:3]} lie outside its decoder "
+            f"({dims.n_text_layer} layers x {dims.n_text_head} heads); fix the registry entry"
+        )
+
+
+def _keeps_fp32(into: Into) -> Callable[[nn.Module], bool]:
+    """Which modules keep float32 weights whatever the dtype asked for."""
+    if into == "whisper":
+        import whisper.model as wm
+
+        # openai-whisper's LayerNorm runs in float32 with its own weights: they must stay float32.
+        return lambda m: isinstance(m, wm.LayerNorm)
+    return lambda m: False
+
+
 def load_checkpoint(
     path: Path | str,
     *,
@@ -410,18 +431,7 @@ def load_checkpoint(
     with _timer(seconds, "open"):
         ckpt = read_checkpoint(path)
         validate(ckpt)
-        if alignment_heads:
-            bad = [
-                p
-                for p in alignment_heads
-                if not (0 <= p[0] < ckpt.dims.n_text_layer and 0 <= p[1] < ckpt.dims.n_text_head)
-            ]
-            if bad:
-                raise IntegrityError(
-                    f"{path}: alignment heads {bad[:3]} lie outside its decoder "
-                    f"({ckpt.dims.n_text_layer} layers x {ckpt.dims.n_text_head} heads); "
-                    "fix the registry entry"
-                )
+        _check_heads(path, ckpt, alignment_heads)
         checkpoint = _torch_load(path, in_memory)
         state_dict = checkpoint["model_state_dict"]
         release: Callable[[Tensor], None] = (lambda _: None) if in_memory else _Releaser(path)
@@ -431,18 +441,7 @@ def load_checkpoint(
         model.load_state_dict(state_dict, strict=True, assign=True)
         del checkpoint, state_dict
     with _timer(seconds, "move"):
-        if into == "whisper":
-            import whisper.model as wm
-
-            def keep_fp32(m: nn.Module) -> bool:
-                # openai-whisper's LayerNorm runs in float32 with its own weights: they must stay float32.
-                return isinstance(m, wm.LayerNorm)
-        else:
-
-            def keep_fp32(m: nn.Module) -> bool:
-                return False
-
-        _convert(model, target, target_dtype, release, keep_fp32)
+        _convert(model, target, target_dtype, release, _keeps_fp32(into))
         if into == "whisperctl":
             model.materialize_buffers(target)
         heads = _set_heads(model, into, alignment_heads)
