@@ -290,6 +290,13 @@ def _resume_other_total(w: World, req: Request) -> bytes:
 def _ranges() -> list[Case]:
     n = 64 * KiB
     tib = 1 << 40
+    # A range of a 1 TiB file, its length and Content-Range agreeing: sized or not by the registry.
+    tib_range = _once(
+        lambda w, r: (
+            head(b"HTTP/1.1 206 Partial", b"Content-Range: bytes 0-%d/%d" % (tib - 1, tib), length(tib))
+            + w.data
+        )
+    )
     return [
         # Asked for the whole file, told it gets it from byte 100 on (and given it from byte 0).
         Case(
@@ -321,27 +328,13 @@ def _ranges() -> list[Case]:
         Case(
             "content-range-1tib-consistent",
             RANGES,
-            _once(
-                lambda w, r: (
-                    head(
-                        b"HTTP/1.1 206 Partial", b"Content-Range: bytes 0-%d/%d" % (tib - 1, tib), length(tib)
-                    )
-                    + w.data
-                )
-            ),
+            tib_range,
             FAULT,
         ),
         Case(
             "content-range-1tib-unsized-registry",
             RANGES,
-            _once(
-                lambda w, r: (
-                    head(
-                        b"HTTP/1.1 206 Partial", b"Content-Range: bytes 0-%d/%d" % (tib - 1, tib), length(tib)
-                    )
-                    + w.data
-                )
-            ),
+            tib_range,
             FAULT,
             sized=False,
         ),
