@@ -678,7 +678,7 @@ def test_a_broken_bundle_that_looks_like_pem_is_a_usage_error_at_first_use(
     check_environment()  # looks like PEM: loading it is left to the first https request
 
     async def run() -> None:
-        client = make_client(TransferOptions(), max_connections=2)
+        client = make_client(timeout=TransferOptions().timeout(), max_connections=2)
         try:
             with pytest.raises(UsageError, match=r"SSL_CERT_FILE=.*unreadable"):
                 await client.get("https://127.0.0.1:9/")
@@ -717,7 +717,7 @@ def test_an_unreachable_proxy_is_named_as_the_proxy(monkeypatch: pytest.MonkeyPa
     origin = "http://origin.example/model.pt"
 
     async def run() -> list[str]:
-        client = make_client(TransferOptions(), max_connections=2)
+        client = make_client(timeout=TransferOptions().timeout(), max_connections=2)
         try:
             assert client.wire is not None and not client.wire.handles(httpx.URL(origin))  # type: ignore[attr-defined]
             with pytest.raises(httpx.ConnectError) as info:

@@ -359,7 +359,11 @@ async def download_models(
         raise UsageError(f"--connections {options.connections}: must be at least 1")
     own_client = client is None and not offline
     if own_client:
-        client = make_client(options, max_connections=jobs * options.connections + jobs)
+        client = make_client(
+            timeout=options.timeout(),
+            max_connections=jobs * options.connections + jobs,
+            lean_http=options.lean_http,
+        )
     sources = (*mirrors, OfficialSource())
     if offline:
         sources = tuple(s for s in sources if s.offline)

@@ -14,7 +14,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpcore
 import httpx
@@ -22,9 +22,6 @@ import httpx
 from whisperctl._version import __version__
 from whisperctl.errors import NetworkError, UsageError, quoted, sanitized
 from whisperctl.fetch.http.wire import EngineClient, WirePool
-
-if TYPE_CHECKING:
-    from whisperctl.fetch.transfer import TransferOptions
 
 __all__ = ["check_environment", "describe_transport_error", "make_client"]
 
@@ -88,11 +85,11 @@ class _WideReadBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def make_client(options: TransferOptions, *, max_connections: int) -> httpx.AsyncClient:
+def make_client(*, timeout: httpx.Timeout, max_connections: int, lean_http: bool = True) -> httpx.AsyncClient:
     """The one HTTP client of a run: TLS verified, environment honoured (SSL_CERT_FILE, proxies), no
     automatic redirects (the engine follows them itself, bounded and never from https to http).
 
-    With ``options.lean_http`` it carries a :class:`.wire.WirePool` with the same TLS context,
+    With ``lean_http`` it carries a :class:`.wire.WirePool` with the same TLS context,
     which the engine uses for the URLs that no proxy applies to."""
     check_environment()
     ssl_context = functools.cache(_tls_context)
@@ -116,10 +113,10 @@ def make_client(options: TransferOptions, *, max_connections: int) -> httpx.Asyn
         for pattern, proxy in _environment_proxies().items()
     }
     return EngineClient(
-        wire=WirePool.from_environment(ssl_context) if options.lean_http else None,
+        wire=WirePool.from_environment(ssl_context) if lean_http else None,
         transport=_LazyTransport(transport),
         mounts=mounts,
-        timeout=options.timeout(),
+        timeout=timeout,
         headers={"User-Agent": f"whisperctl/{__version__}"},
         trust_env=True,
         follow_redirects=False,
