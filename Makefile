@@ -29,9 +29,11 @@ install: $(STAMP) ## Build .venv: pinned CPU torch, whisperctl (editable) with t
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet $(TORCH_SPEC)
+	@# openai-whisper goes last and alone: with --no-deps pip checks nothing, so it has no missing triton to
+	@# complain about. On a venv that has it already (pyproject.toml changed), it is taken out first, or the
+	@# install below would see its triton requirement again.
+	@$(PIP) uninstall --quiet --yes openai-whisper 2>/dev/null || true
 	$(PIP) install --quiet -e '.[torch,test]' $(WHISPER_DEPS)
-	@# Last, and alone: with --no-deps pip checks nothing, so it has no missing triton to complain about.
-	@# Any later plain `pip install` into this venv would see openai-whisper's triton requirement again.
 	$(PIP) install --quiet --no-deps $(WHISPER_SPEC)
 	@touch $@
 
