@@ -1,17 +1,11 @@
 """Where model files come from: sources behind one small interface (:class:`.base.Source`), chosen from the
 form of a mirror by :func:`choose_source`, as pooch chooses its downloaders from a URL.
 
-<<<<<<< HEAD
-A mirror is an ``http(s)://`` base URL (:mod:`.http`) or a directory, given as a path or a ``file://`` URL
-(:mod:`.directory`; a directory with an ``oci-layout`` file is an OCI image layout, :mod:`.oci_layout`); the
-official URL of each model is a source of its own, tried last. Adding a source (an
-OCI registry, say) is one new module and one line in :func:`choose_source`.
-=======
 A mirror is an ``http(s)://`` base URL (:mod:`.http`), a directory, given as a path or a ``file://`` URL
-(:mod:`.directory`), or an OCI registry repository, ``oci://HOST[:PORT]/REPOSITORY`` (``oci+http://`` for a
-plain-http one, :mod:`.oci`); the official URL of each model is a source of its own, tried last. Adding a
-source is one new module and one line in :func:`choose_source`.
->>>>>>> oci-infra
+(:mod:`.directory`; one with an ``oci-layout`` file is an OCI image layout, :mod:`.oci_layout`), or an OCI
+registry repository, ``oci://HOST[:PORT]/REPOSITORY`` (``oci+http://`` for a plain-http one, :mod:`.oci`);
+the official URL of each model is a source of its own, tried last. Adding a source is one new module and
+one line in :func:`choose_source`.
 """
 
 from __future__ import annotations
@@ -24,12 +18,9 @@ from whisperctl.errors import UsageError, quoted
 from whisperctl.fetch.sources.base import Fetched, Network, Request, Source
 from whisperctl.fetch.sources.directory import DirectoryMirror
 from whisperctl.fetch.sources.http import HTTPMirror, OfficialSource
-<<<<<<< HEAD
+from whisperctl.fetch.sources.oci import OCIRegistry
 from whisperctl.fetch.sources.oci_layout import OCILayoutMirror
 from whisperctl.store.oci_layout import is_layout
-=======
-from whisperctl.fetch.sources.oci import OCIRegistry
->>>>>>> oci-infra
 
 __all__ = [
     "MIRROR_ENV",
