@@ -157,6 +157,7 @@ def push(
     registry: Registry | PathLike | None = None,
     client: httpx.AsyncClient | None = None,
     on_chunk: Callable[[str, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> PushReport:
     """Push cached, verified models to the repository ``target`` (``oci://HOST[:PORT]/REPOSITORY``, or
     ``oci+http://`` for a plain-http registry), each tagged with its name.
@@ -164,7 +165,9 @@ def push(
     Blobs the registry has are not sent; with ``mount_from`` (a repository of the same registry) they are
     mounted from it where the registry offers that. The model's file goes in chunks of ``chunk_size`` bytes
     (64 MiB by default); an interrupted push resumes where the registry says it stopped. Credentials come
-    from the container tools' auth files. ``on_chunk(name, nbytes)`` follows the upload."""
+    from the container tools' auth files. ``on_chunk(name, nbytes)`` follows the upload. ``stop()`` is
+    checked between reads: once true, the chunk in flight ends there, the upload is recorded for the next
+    push to resume, and :class:`KeyboardInterrupt` is raised (the CLI sets it on Ctrl-C and SIGTERM)."""
     from whisperctl.fetch.oci.push import DEFAULT_CHUNK, PushOptions
     from whisperctl.fetch.oci.reference import parse_oci_url
 
@@ -179,6 +182,7 @@ def push(
         state_dir=cache.root / STATE_DIRNAME / UPLOADS_DIRNAME,
         chunk_size=chunk_size or DEFAULT_CHUNK,
         mount_from=mount_from,
+        stop=stop,
     )
     records = asyncio.run(_push_all(ref.display, entries, options, client, on_chunk))
     return PushReport(ref.display, records)

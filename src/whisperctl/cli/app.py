@@ -5,9 +5,13 @@ Nothing here imports torch; commands that need it import it inside the library c
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -474,18 +478,42 @@ def push(
     if not (names or requirements):
         raise typer.BadParameter("name at least one model, or use -r FILE", param_hint="NAMES")
     st = _state(ctx)
-    report = api.push(
-        target,
-        names or (),
-        manifest=requirements,
-        mount_from=mount_from,
-        cache_dir=st.cache_dir,
-        registry=st.registry,
-    )
+    with _stop_on_signals() as stop:
+        report = api.push(
+            target,
+            names or (),
+            manifest=requirements,
+            mount_from=mount_from,
+            cache_dir=st.cache_dir,
+            registry=st.registry,
+            stop=stop.is_set,
+        )
     if as_json:
         st.output.json(report)
     else:
         render_push(st.output, report)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by the first Ctrl-C or SIGTERM, so that a push ends its chunk cleanly and can resume;
+    a second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+
+    def first(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():  # a test runner's thread: no signals
+        yield stop
+        return
+    saved = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @app.command("rm")

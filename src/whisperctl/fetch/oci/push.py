@@ -2,10 +2,13 @@
 
 Each blob (the model's file, its config) is looked for first (``HEAD``): one the registry has is not sent
 again; one in another repository of the registry is mounted (``POST ...?mount=&from=``) where the registry
-offers it. Otherwise it goes up in chunks (``PATCH`` with ``Content-Range``, then ``PUT ?digest=``), read from
+offers it. Otherwise it goes up in chunks (streamed ``PATCH`` requests, then ``PUT ?digest=``), read from
 the cache in a thread with one reused buffer. After each chunk the upload's location and offset are kept in a
 small state file beside the cache; the next run asks the registry (``GET`` on the upload, whose ``Range``
-header says what it holds) and goes on from there. The manifest goes last, so a tag never names a blob the
+header says what it holds) and goes on from there. A stop asked for (Ctrl-C) ends the chunk in flight
+cleanly, so the upload resumes at that byte. A process killed in the middle of a chunk leaves the registry
+holding bytes past the recorded location: the CNCF distribution registry then cancels that upload when asked,
+and the blob starts anew. The manifest goes last, so a tag never names a blob the
 registry lacks.
 """
 
@@ -58,12 +61,15 @@ class BlobPush:
 @dataclass(frozen=True)
 class PushOptions:
     """``chunk_size``: bytes per PATCH; ``mount_from``: a repository of the same registry to mount blobs
-    from; ``state_dir``: where unfinished uploads are recorded; ``on_chunk(nbytes)``: after each chunk."""
+    from; ``state_dir``: where unfinished uploads are recorded; ``on_chunk(nbytes)``: after each chunk;
+    ``stop()``: checked between reads; once true, the chunk in flight ends there, the upload is recorded, and
+    :class:`KeyboardInterrupt` is raised (the next push resumes at that byte)."""
 
     state_dir: Path
     chunk_size: int = DEFAULT_CHUNK
     mount_from: str | None = None
     on_chunk: Callable[[int], None] | None = None
+    stop: Callable[[], bool] | None = None
 
 
 def upload_state_path(state_dir: Path, registry: RegistryClient, digest: str) -> Path:
@@ -120,32 +126,46 @@ async def _push_blob(
         location = await _start_upload(registry, scope, options.mount_from, digest)
         if location is None:
             return BlobPush(digest, size, "mounted", 0)
+        _save_state(state_path, registry, digest, location, 0)
     start = offset
     while offset < size:
-        n = min(options.chunk_size, size - offset)
+        body = _FileBody(path, offset, min(options.chunk_size, size - offset), options.stop)
+        # A streamed PATCH (no Content-Length): a stop asked for mid-chunk ends the body cleanly, so that
+        # the registry's record of the upload and the location it answers agree, and the next run resumes.
         response = await _send(
             registry,
             "PATCH",
             location,
             scope,
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Range": f"{offset}-{offset + n - 1}",
-                "Content-Length": str(n),
-            },
-            content=_file_chunks(path, offset, n),
+            headers={"Content-Type": "application/octet-stream"},
+            content=body.chunks(),
         )
         _expect(registry, response, (202,), f"a chunk of blob {digest}")
         location = _location(registry, response, location)
-        offset += n
+        offset = _confirmed(registry, response, offset + body.sent, digest)
         _save_state(state_path, registry, digest, location, offset)
         if options.on_chunk is not None:
-            options.on_chunk(n)
+            options.on_chunk(body.sent)
+        if body.stopped:
+            raise KeyboardInterrupt(f"push of {digest} stopped at byte {offset:,}; it resumes there")
     response = await _send(registry, "PUT", _with_digest(location, digest), scope, content=b"")
     _expect(registry, response, (201,), f"blob {digest}")
     with contextlib.suppress(FileNotFoundError):
         state_path.unlink()
     return BlobPush(digest, size, "resumed" if resumed else "sent", size - start)
+
+
+def _confirmed(registry: RegistryClient, response: httpx.Response, offset: int, digest: str) -> int:
+    """The offset after a chunk, as the registry's ``Range`` says (when it says it, it must agree)."""
+    value = response.headers.get("Range")
+    m = _RANGE.fullmatch(value.strip()) if value else None
+    # "0-0" is what distribution says both of an empty upload and of one byte.
+    if m is None or int(m[1]) + 1 == offset or (m[1] == "0" and offset == 0):
+        return offset
+    raise NetworkError(
+        f"{registry.ref.display}: the registry holds {int(m[1]) + 1:,} bytes of blob {digest} after a chunk, "
+        f"expected {offset:,}; push again (the upload starts anew)"
+    )
 
 
 async def _has_blob(registry: RegistryClient, scope: str, digest: str) -> bool:
@@ -192,25 +212,34 @@ async def _resume(
     return _location(registry, response, location), end
 
 
-async def _file_chunks(path: Path, offset: int, length: int) -> AsyncIterator[bytes]:
-    """``length`` bytes of ``path`` from ``offset``, read in a thread (the event loop never waits on the
-    disk), ``READ_BUFFER`` at a time into one buffer."""
-    buffer = bytearray(min(READ_BUFFER, length))
-    view = memoryview(buffer)
-    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        end = offset + length
-        while offset < end:
-            want = min(len(buffer), end - offset)
-            n = await asyncio.to_thread(os.preadv, fd, [view[:want]], offset)
-            if n == 0:
-                raise IntegrityError(
-                    f"{path}: shorter than it was when verified; run `whisperctl verify --repair` on it"
-                )
-            offset += n
-            yield bytes(view[:n])
-    finally:
-        os.close(fd)
+class _FileBody:
+    """Up to ``length`` bytes of ``path`` from ``offset``, read in a thread (the event loop never waits on
+    the disk), ``READ_BUFFER`` at a time into one reused buffer; ends early once ``stop()`` says so."""
+
+    def __init__(self, path: Path, offset: int, length: int, stop: Callable[[], bool] | None) -> None:
+        self.path, self.offset, self.length, self.stop = path, offset, length, stop
+        self.sent = 0
+        self.stopped = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        buffer = bytearray(min(READ_BUFFER, self.length))
+        view = memoryview(buffer)
+        fd = await asyncio.to_thread(os.open, self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            while self.sent < self.length:
+                if self.stop is not None and self.stop():
+                    self.stopped = True
+                    return
+                want = min(len(buffer), self.length - self.sent)
+                n = await asyncio.to_thread(os.preadv, fd, [view[:want]], self.offset + self.sent)
+                if n == 0:
+                    raise IntegrityError(
+                        f"{self.path}: shorter than when it was verified; run `whisperctl verify --repair`"
+                    )
+                yield bytes(view[:n])
+                self.sent += n
+        finally:
+            os.close(fd)
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
