@@ -10,6 +10,8 @@ import pytest
 
 from .helpers import Cli
 from .httpserver import HTTPServer
+from .registry import Pki, Registry, make_pki
+from .registry import serve as serve_registry
 
 
 @pytest.fixture(autouse=True)
@@ -43,3 +45,42 @@ def server() -> Iterator[HTTPServer]:
     """A real HTTP/1.1 server on 127.0.0.1 with fault switches (tests/httpserver.py), closed afterwards."""
     with HTTPServer() as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def oci_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A private CA and a certificate for 127.0.0.1, shared by the session's registries."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def registry(tmp_path: Path, oci_pki: Pki) -> Iterator[Registry]:
+    """The CNCF distribution registry on 127.0.0.1: TLS from a private CA, htpasswd basic auth."""
+    with serve_registry(tmp_path / "registry", ca=oci_pki) as reg:
+        yield reg
+
+
+@pytest.fixture
+def plain_registry(tmp_path: Path) -> Iterator[Registry]:
+    """A plain-http anonymous registry (``oci+http://``)."""
+    with serve_registry(tmp_path / "plain-registry", ca=None, auth=None) as reg:
+        yield reg
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path, oci_pki: Pki) -> Iterator[Registry]:
+    """A TLS registry with bearer-token auth; its realm is a token server of the test."""
+    with serve_registry(tmp_path / "token-registry", ca=oci_pki, auth="token") as reg:
+        yield reg
+
+
+@pytest.fixture
+def proxy_registry(tmp_path: Path, oci_pki: Pki, token_registry: Registry) -> Iterator[Registry]:
+    """A pull-through proxy (anonymous, TLS) of ``token_registry``, with its credentials.
+
+    Its upstream is the bearer-token registry: distribution 2.8 keys a proxy's credentials by the realm URL
+    of the upstream's challenge, which only a token realm is (an htpasswd realm is a name, not a URL).
+    """
+    upstream = token_registry
+    with serve_registry(tmp_path / "proxy-registry", ca=oci_pki, auth=None, upstream=upstream) as reg:
+        yield reg
