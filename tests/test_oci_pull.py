@@ -66,6 +66,7 @@ class Endpoint:
     revoke_after: int | None = None  # every token issued so far expires after this many ranges served
     served: int = 0
     realm: str | None = None  # the realm the challenge names (default: this endpoint's /token)
+    forbidden: bool = False  # authenticated, but not allowed to pull: 403
     seen: list[Seen] = field(default_factory=list)
     tokens: dict[str, int] = field(default_factory=dict)  # valid token -> uses left (-1: unlimited)
     issued: int = 0
@@ -164,6 +165,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if not self._authorized():
             self._reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', self._challenge())
+            return
+        if reg.forbidden:
+            self._reply(403, b'{"errors":[{"code":"DENIED"}]}')
             return
         digest = match.group(1)
         data = reg.blobs.get(digest)
@@ -451,6 +455,20 @@ def test_wrong_credentials_name_the_file_never_the_secret(
         result.stderr
     )
     assert SECRET not in result.stderr + result.stdout and models.finals() == []
+
+
+def test_a_forbidden_repository_is_one_line_naming_the_source(
+    endpoint: Endpoint, models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = log_in(tmp_path, monkeypatch, endpoint)
+    endpoint.forbidden = True
+    models.add("m", 64 * KiB)
+    record = models.download("m", endpoint.ref())
+    assert record.exit_code == ExitCode.NETWORK
+    assert f"{endpoint.ref()}: HTTP 403, access denied (credentials tried: REGISTRY_AUTH_FILE {path}); " in (
+        record.error or ""
+    )
+    assert [s.status for s in endpoint.blob_gets()] == [401, 403]  # a 403 is not retried
 
 
 def test_a_missing_blob_falls_through_to_the_next_source(endpoint: Endpoint, models: Models) -> None:

@@ -97,7 +97,7 @@ class RegistryClient:
     def credential_source(self) -> str:
         """Which credential source was tried, for messages (never the secret)."""
         if self._found is None:
-            return "none yet (no challenge answered)"
+            return "none (the registry asked for none)"
         return self._found.tried
 
     def auth_headers_for(self, url: str, scope: str) -> dict[str, str]:
