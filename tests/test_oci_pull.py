@@ -67,6 +67,8 @@ class Endpoint:
     served: int = 0
     realm: str | None = None  # the realm the challenge names (default: this endpoint's /token)
     forbidden: bool = False  # authenticated, but not allowed to pull: 403
+    redirects: int = 0  # to storage, each to a URL of its own
+    storage_faults: dict[str, Any] = field(default_factory=dict)  # for each new storage URL
     seen: list[Seen] = field(default_factory=list)
     tokens: dict[str, int] = field(default_factory=dict)  # valid token -> uses left (-1: unlimited)
     issued: int = 0
@@ -76,8 +78,6 @@ class Endpoint:
     def push(self, data: bytes) -> str:
         digest = "sha256:" + sha256_hex(data)
         self.blobs[digest] = data
-        if self.storage is not None:
-            self.storage.add(f"/storage/{digest}", data)
         return digest
 
     def ref(self, scheme: str = "oci+http") -> str:
@@ -175,7 +175,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
             return
         if reg.storage is not None:
-            self._reply(307, headers={"Location": reg.storage.url(f"/storage/{digest}")})
+            with reg.lock:
+                reg.redirects += 1
+                where = f"/storage/{digest}/{reg.redirects}"  # a fresh "presigned" URL each time
+            # One object behind every URL: the same validators, as S3 gives for presigned URLs of one object.
+            faults = {"etag": f'"{digest}"', "last_modified": False, **reg.storage_faults}
+            reg.storage.add(where, data, **faults)
+            self._reply(307, headers={"Location": reg.storage.url(where)})
             return
         start, end = 0, len(data) - 1
         wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
@@ -340,8 +346,9 @@ def test_redirect_to_blob_storage_drops_the_authorization(
         digest = endpoint.push(data)
         record = models.download("m", endpoint.ref())
         assert record.status == "downloaded"
-        gets = storage.requests_for(f"/storage/{digest}")
+        gets = storage.requests_for(f"/storage/{digest}/1")
         assert len(gets) >= 2 and all("authorization" not in {k.lower() for k in r.headers} for r in gets)
+        assert endpoint.redirects == 1  # later ranges go to the redirect target directly
     assert endpoint.blob_gets()[-1].headers["authorization"] == "Bearer user-1"
     assert file_sha256(models.cache / "m.pt") == sha256_hex(data)
 
@@ -354,7 +361,7 @@ def test_an_interrupted_pull_resumes_through_the_registry(
         endpoint.storage = storage
         data = models.add("m", 4 * MiB)
         route = f"/storage/{endpoint.push(data)}"
-        storage.set_faults(route, rate_limit=2 * MiB)
+        endpoint.storage_faults = {"rate_limit": 2 * MiB}
         argv = [
             sys.executable,
             "-m",
@@ -379,14 +386,61 @@ def test_an_interrupted_pull_resumes_through_the_registry(
                 proc.kill()
         assert proc.returncode == ExitCode.INTERRUPTED, stderr
         assert models.finals() == []
-        _wait_for(lambda: len(storage.requests_for(route)) == 1)  # the server noticed the client gone
-        storage.set_faults(route)
-        storage.clear_requests()
+        _wait_for(lambda: len(storage.requests_for(route + "/1")) == 1)  # it noticed the client gone
+        endpoint.storage_faults = {}
         second = models.download("m", endpoint.ref(), connections=1)
-        (resumed,) = storage.requests_for(route)
+        (resumed,) = storage.requests_for(route + "/2")
     assert second.status == "downloaded" and 0 < second.resumed_from < 4 * MiB
     assert resumed.range == f"bytes={second.resumed_from}-{4 * MiB - 1}"
     assert "authorization" not in {k.lower() for k in resumed.headers}
+    assert file_sha256(models.cache / "m.pt") == sha256_hex(data)
+
+
+class ExpireAt:
+    """A download progress that makes a storage URL refuse (403, as an expired presigned URL does) once
+    ``after`` bytes arrived."""
+
+    def __init__(self, storage: HTTPServer, route: str, after: int) -> None:
+        self.storage, self.route, self.after, self.seen = storage, route, after, 0
+
+    def start(self, name: str, total: int | None, completed: int) -> None:
+        pass
+
+    def advance(self, name: str, nbytes: int) -> None:
+        before, self.seen = self.seen, self.seen + nbytes
+        if before < self.after <= self.seen:
+            self.storage.set_faults(self.route, status=403)
+
+    def note(self, name: str, message: str) -> None:
+        pass
+
+    def finish(self, record: api.DownloadRecord) -> None:
+        pass
+
+
+def test_an_expired_blob_url_sends_the_request_back_to_the_registry(
+    endpoint: Endpoint, models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_in(tmp_path, monkeypatch, endpoint)
+    with HTTPServer() as storage:
+        endpoint.storage = storage
+        data = models.add("m", 4 * MiB)
+        digest = endpoint.push(data)
+        (record,) = api.download(
+            ["m"],
+            cache_dir=models.cache,
+            registry=models.file,
+            mirrors=[endpoint.ref()],
+            options=models.options(connections=2),
+            progress=ExpireAt(storage, f"/storage/{digest}/1", MiB),
+            check=False,
+        )
+        assert record.status == "downloaded", record.error
+        first = storage.requests_for(f"/storage/{digest}/1")
+        assert 403 in [r.status for r in first] and endpoint.redirects >= 2
+        later = [r for r in storage.requests if r.path.startswith(f"/storage/{digest}/") and r not in first]
+        assert later and {r.status for r in later} == {206}
+        assert all("authorization" not in {k.lower() for k in r.headers} for r in storage.requests)
     assert file_sha256(models.cache / "m.pt") == sha256_hex(data)
 
 

@@ -2,8 +2,9 @@
 each outcome sorted into what the engine does next: use the answer, retry, start over, or give up.
 
 A source that needs authorization (an OCI registry) passes an :class:`Authorizer`: its headers go with each
-request to the transfer's own origin, never with a redirect to another host (presigned blob storage), and a
-401 from the origin is answered once per request by its ``refresh``."""
+request to the transfer's own origin, never with a redirect to another host (presigned blob storage), a
+401 from the origin is answered once per request by its ``refresh``, and a presigned URL that expired
+(401 or 403 from the remembered redirect target) sends the request back to the origin once."""
 
 from __future__ import annotations
 
@@ -129,12 +130,27 @@ class Route:
     def _at_origin(self, url: str) -> bool:
         return _host_of(url) == _host_of(self.origin_url)
 
+    def _expired(self, response: httpx.Response, url: str, began: str) -> bool:
+        """A refusal from the redirect target that an authorized origin gave earlier (a registry's presigned
+        blob URL, which lives minutes): the origin is asked again rather than the transfer failed."""
+        return (
+            response.status_code in (401, 403)
+            and self.authorizer is not None
+            and began != self.origin_url
+            and not self._at_origin(url)
+        )
+
     async def _follow(self, start: int, end: int | None, validators: Validators) -> httpx.Response:
-        response, url = await self._hops(start, end, validators)
+        began = self.url  # other requests of the transfer may change it meanwhile
+        response, url = await self._hops(began, start, end, validators)
+        if self._expired(response, url, began):
+            await response.aclose()
+            began = self.origin_url  # which redirects again, to a fresh URL
+            response, url = await self._hops(began, start, end, validators)
         if response.status_code == 401 and self.authorizer is not None and self._at_origin(url):
             await response.aclose()
             if await self.authorizer.refresh(response):
-                response, url = await self._hops(start, end, validators)
+                response, url = await self._hops(began, start, end, validators)
         self.url = url
         status = response.status_code
         if status in (200, 206):
@@ -152,10 +168,11 @@ class Route:
             "check the URL, the mirror, or your access to it"
         )
 
-    async def _hops(self, start: int, end: int | None, validators: Validators) -> tuple[httpx.Response, str]:
-        """The answer at the end of the redirects from the current URL, and where it came from."""
-        opt = self.options
-        url = self.url
+    async def _hops(
+        self, url: str, start: int, end: int | None, validators: Validators
+    ) -> tuple[httpx.Response, str]:
+        """The answer at the end of the redirects from ``url``, and where it came from."""
+        opt, first = self.options, url
         for _ in range(opt.max_redirects + 1):
             response = await self._send(url, start, end, validators)
             if response.status_code not in _REDIRECTS:
@@ -165,7 +182,7 @@ class Route:
             url = self._redirect_target(url, location)
         else:
             raise NetworkError(
-                f"{shown(self.url)}: more than {opt.max_redirects} redirects; check the URL or the mirror"
+                f"{shown(first)}: more than {opt.max_redirects} redirects; check the URL or the mirror"
             )
         return response, url
 
