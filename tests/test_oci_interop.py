@@ -96,6 +96,7 @@ def test_an_interrupted_push_resumes_its_upload(tmp_path: Path, registry: Regist
     assert lab.final_files(fresh) == {blob.filename: blob.sha256}
 
 
+@pytest.mark.usefixtures("skopeo")
 def test_skopeo_reads_what_whisperctl_pushed(tmp_path: Path, registry: Registry) -> None:
     lab = OciLab(tmp_path, 200 * KiB)
     blob = lab.blobs[0]
@@ -117,6 +118,7 @@ def test_skopeo_reads_what_whisperctl_pushed(tmp_path: Path, registry: Registry)
     assert file_sha256(copied / blob.sha256) == blob.sha256
 
 
+@pytest.mark.usefixtures("skopeo")
 def test_whisperctl_pulls_what_skopeo_pushed(tmp_path: Path, registry: Registry) -> None:
     lab = OciLab(tmp_path, 300 * KiB)
     blob = lab.blobs[0]
@@ -130,6 +132,7 @@ def test_whisperctl_pulls_what_skopeo_pushed(tmp_path: Path, registry: Registry)
     assert lab.final_files(fresh) == {blob.filename: blob.sha256}
 
 
+@pytest.mark.usefixtures("skopeo")
 def test_an_exported_oci_layout_is_what_skopeo_copies_to_a_registry(
     tmp_path: Path, registry: Registry
 ) -> None:
@@ -163,6 +166,7 @@ def test_plain_http_registry_is_an_explicit_opt_in(tmp_path: Path, plain_registr
     assert lab.final_files(fresh) == {blob.filename: blob.sha256}
 
 
+@pytest.mark.usefixtures("skopeo")
 def test_bearer_token_auth_pull_and_push(tmp_path: Path, token_registry: Registry) -> None:
     lab = OciLab(tmp_path, 512 * KiB, 96 * KiB)
     token = token_registry.token_server
@@ -198,6 +202,7 @@ def _one_line(result: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
+@pytest.mark.usefixtures("skopeo")
 @pytest.mark.parametrize(
     "case", ["no credentials", "wrong credentials", "no such repository", "blob deleted"]
 )

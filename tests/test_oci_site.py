@@ -8,6 +8,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from . import oci_client
 from .oci_lab import OciLab
 from .registry import Registry
@@ -52,6 +54,7 @@ def _stored(site: Registry, digest_hex: str) -> bool:
     return link.is_file() and (v2 / "blobs" / "sha256" / digest_hex[:2] / digest_hex / "data").is_file()
 
 
+@pytest.mark.usefixtures("skopeo")
 def test_eight_clients_pull_through_a_site_cache_at_once(
     tmp_path: Path, proxy_registry: Registry, token_registry: Registry
 ) -> None:
