@@ -3,6 +3,7 @@ of the bearer-token dance (the challenge, the realm, the token endpoint's answer
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -10,6 +11,7 @@ import stat
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from whisperctl.errors import ExitCode, NetworkError, UsageError
@@ -20,6 +22,7 @@ from whisperctl.fetch.oci.auth import (
     parse_token,
     token_request,
 )
+from whisperctl.fetch.oci.client import RegistryClient
 from whisperctl.fetch.oci.reference import RegistryRef, parse_oci_url
 
 SECRET = "s3cr3t-Pa55"
@@ -344,3 +347,26 @@ def test_tokens_are_read_and_checked() -> None:
         with pytest.raises(NetworkError) as caught:
             parse_token(body, "oci://r/m")
         assert cause in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+# -- the client's paths --------------------------------------------------------------------------------------
+def test_client_paths_are_the_distribution_apis() -> None:
+    http = httpx.AsyncClient()
+    client = RegistryClient(parse_oci_url("oci://r.example/team/whisper"), http)
+    digest = "sha256:" + "ab" * 32
+    assert client.blob_path(digest) == f"/v2/team/whisper/blobs/{digest}"
+    assert client.manifest_path("large-v3") == "/v2/team/whisper/manifests/large-v3"
+    assert client.manifest_path(digest) == f"/v2/team/whisper/manifests/{digest}"
+    assert client.uploads_path() == "/v2/team/whisper/blobs/uploads/"
+    assert client.url(client.uploads_path()) == "https://r.example/v2/team/whisper/blobs/uploads/"
+    assert (client.pull_scope(), client.push_scope()) == (
+        "repository:team/whisper:pull",
+        "repository:team/whisper:pull,push",
+    )
+    for bad in ("sha256:" + "AB" * 32, "sha512:" + "ab" * 64, "../x", ""):
+        with pytest.raises(ValueError, match="not a sha256 digest"):
+            client.blob_path(bad)
+    for bad in ("-tag", "a/b", "x" * 129, "tag\n"):
+        with pytest.raises(ValueError, match="not a tag or sha256 digest"):
+            client.manifest_path(bad)
+    asyncio.run(http.aclose())

@@ -214,7 +214,8 @@ def download(
         list[str] | None,
         typer.Option(
             "--mirror",
-            help="Mirror URL or directory (<base>/<sha256>/<file>), tried before the official URL; "
+            help="Mirror URL or directory (<base>/<sha256>/<file>), or registry repository "
+            "oci://HOST[:PORT]/REPO (oci+http:// for plain http), tried before the official URL; "
             "repeatable or comma-separated [env: WHISPERCTL_MIRROR].",
             show_default=False,
         ),
@@ -341,7 +342,7 @@ def load(
         list[str] | None,
         typer.Option(
             "--mirror",
-            help="Mirror URL or directory for a download [env: WHISPERCTL_MIRROR].",
+            help="Mirror URL, directory or oci:// repository for a download [env: WHISPERCTL_MIRROR].",
             show_default=False,
         ),
     ] = None,

@@ -97,7 +97,7 @@ class RegistryClient:
     def credential_source(self) -> str:
         """Which credential source was tried, for messages (never the secret)."""
         if self._found is None:
-            return "none yet (no challenge answered)"
+            return "none (the registry asked for none)"
         return self._found.tried
 
     def auth_headers_for(self, url: str, scope: str) -> dict[str, str]:
@@ -153,7 +153,7 @@ class RegistryClient:
                 "GET", wanted.url, params=wanted.params, headers=headers, follow_redirects=False
             ) as answer:
                 body = bytearray()
-                async for chunk in answer.aiter_raw():
+                async for chunk in answer.aiter_bytes():  # decoded, and bounded as such
                     body += chunk
                     if len(body) > _MAX_TOKEN_ANSWER:
                         break
@@ -163,7 +163,13 @@ class RegistryClient:
                 f"({quoted(str(exc), 120)}); check the network or the registry's auth configuration"
             ) from None
         if answer.status_code in (401, 403):
-            raise self._denied(answer.status_code, "the token endpoint refused the credentials")
+            sent = "Authorization" in headers
+            what = (
+                "the token endpoint refused the credentials"
+                if sent
+                else "the token endpoint wants credentials"
+            )
+            raise self._denied(answer.status_code, what)
         if answer.status_code != 200:
             raise NetworkError(
                 f"{self.ref.display}: the token endpoint answered HTTP {answer.status_code}; "
