@@ -82,7 +82,7 @@ def _verified(
     """The entries of the models asked for, every one cached and verified (hashed first when never hashed);
     :class:`NotCachedError` or :class:`IntegrityError` for the first that is not, before any work."""
     if all_cached:
-        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.exists]
+        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.exists and e.status is not Status.CORRUPT]
         if not specs:
             raise NotCachedError(
                 f"{cache.root}: no model in the cache to {verb}; run `whisperctl download` first"
@@ -90,7 +90,8 @@ def _verified(
     elif names or manifest is not None:
         specs = select_models(reg, names, manifest=manifest)
     else:
-        raise UsageError(f"{verb}: name at least one model, or use -r FILE")
+        also = ", --all-cached" if verb == "export" else ""
+        raise UsageError(f"{verb}: name at least one model, or use{also} -r FILE")
     unhashed = [e.spec for e in (cache.entry(s) for s in specs) if e.status == Status.PRESENT]
     if unhashed:
         verify_models(unhashed, cache)
