@@ -117,9 +117,11 @@ async def _push_bytes(registry: RegistryClient, scope: str, digest: str, data: b
 async def _push_blob(
     registry: RegistryClient, scope: str, digest: str, size: int, path: Path, options: PushOptions
 ) -> BlobPush:
-    if await _has_blob(registry, scope, digest):
-        return BlobPush(digest, size, "present", 0)
     state_path = upload_state_path(options.state_dir, registry, digest)
+    if await _has_blob(registry, scope, digest):
+        with contextlib.suppress(FileNotFoundError):
+            state_path.unlink()  # an earlier upload that finished, or that another client completed
+        return BlobPush(digest, size, "present", 0)
     location, offset = await _resume(registry, scope, state_path, size)
     resumed = offset > 0
     if location is None:
