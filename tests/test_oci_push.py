@@ -3,6 +3,7 @@ cross-repository mounts, an interrupted push that resumes, and the failures befo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -14,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from whisperctl import api
-from whisperctl.fetch.oci.artifact import build_config, parse_manifest
+from whisperctl.fetch.http.client import make_client
+from whisperctl.fetch.oci.artifact import build_artifact, build_config, parse_manifest
+from whisperctl.fetch.oci.client import RegistryClient
+from whisperctl.fetch.oci.push import BlobPush, PushOptions, push_artifact
+from whisperctl.fetch.oci.reference import parse_oci_url
+from whisperctl.fetch.transfer import TransferOptions
 
 from .helpers import Cli
 from .oci_lab import OciLab
@@ -39,7 +45,8 @@ def uploads(reg: Registry, since: int = 0) -> list[tuple[str, str]]:
 
 def registry_blob(reg: Registry, repository: str, digest: str) -> bytes:
     with reg.client() as http:
-        r = http.get(f"/v2/{repository}/blobs/{digest}", follow_redirects=True)
+        headers = reg.bearer(f"repository:{repository}:pull") if reg.token_server else {}
+        r = http.get(f"/v2/{repository}/blobs/{digest}", headers=headers, follow_redirects=True)
     assert r.status_code == 200, r.text
     return r.content
 
@@ -194,3 +201,28 @@ def test_no_credentials_is_one_line_exit_3(tmp_path: Path, registry: Registry) -
     )
     assert result.exit_code == 3, result.stderr
     assert result.stderr.count("\n") == 1 and registry.host in result.stderr
+
+
+def test_a_long_push_asks_about_its_upload_before_a_chunk_so_a_token_can_be_renewed(
+    tmp_path: Path, token_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = OciLab(tmp_path, 700 * KiB)
+    blob = lab.blobs[0]
+    lab.fill()
+    for key, value in lab.env(token_registry).items():
+        monkeypatch.setenv(key, value)
+    reg, cache = api.open_context(lab.cache, lab.registry)
+    spec = reg.get(blob.name)
+    options = PushOptions(state_dir=tmp_path / "uploads", chunk_size=256 * KiB, reauthorize_after=0.0)
+
+    async def run() -> list[BlobPush]:
+        async with make_client(TransferOptions(lean_http=False), max_connections=2) as http:
+            client = RegistryClient(parse_oci_url(token_registry.url(REPO)), http)
+            artifact = build_artifact(spec, len(blob.data))
+            return await push_artifact(client, artifact, cache.path_for(spec), options)
+
+    blobs = asyncio.run(run())
+    assert [b.how for b in blobs] == ["sent", "sent"]
+    methods = [method for method, _ in uploads(token_registry)]
+    assert methods == ["POST", *["GET", "PATCH"] * 3, "PUT", "POST", "PUT"]  # then the config
+    assert registry_blob(token_registry, REPO, f"sha256:{blob.sha256}") == blob.data

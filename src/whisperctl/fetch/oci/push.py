@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,9 @@ class PushOptions:
     mount_from: str | None = None
     on_chunk: Callable[[int], None] | None = None
     stop: Callable[[], bool] | None = None
+    # Seconds after which a chunk is preceded by a request without a body (a GET on the upload), so that an
+    # expired token is renewed there: a streamed chunk cannot be sent again after a 401.
+    reauthorize_after: float = 30.0
 
 
 def upload_state_path(state_dir: Path, registry: RegistryClient, digest: str) -> Path:
@@ -130,7 +134,12 @@ async def _push_blob(
             return BlobPush(digest, size, "mounted", 0)
         _save_state(state_path, registry, digest, location, 0)
     start = offset
+    checked = time.monotonic()
     while offset < size:
+        if time.monotonic() - checked > options.reauthorize_after:
+            response = await _send(registry, "GET", location, scope)
+            _expect(registry, response, (204,), f"the upload of blob {digest}")
+            checked = time.monotonic()
         body = _FileBody(path, offset, min(options.chunk_size, size - offset), options.stop)
         # A streamed PATCH (no Content-Length): a stop asked for mid-chunk ends the body cleanly, so that
         # the registry's record of the upload and the location it answers agree, and the next run resumes.
