@@ -107,7 +107,14 @@ def test_a_stopped_push_resumes_where_the_registry_says(
     for key, value in lab.env(registry).items():
         monkeypatch.setenv(key, value)
     chunk = 256 * KiB
-    chunks: list[int] = []
+    sent: list[int] = []
+
+    class Progress:
+        def start(self, name: str, total: int | None, completed: int) -> None:
+            assert (name, total, completed) == (blob.name, len(blob.data), 0)
+
+        def advance(self, name: str, nbytes: int) -> None:
+            sent.append(nbytes)
 
     with pytest.raises(KeyboardInterrupt):
         api.push(
@@ -116,8 +123,8 @@ def test_a_stopped_push_resumes_where_the_registry_says(
             chunk_size=chunk,
             cache_dir=lab.cache,
             registry=lab.registry,
-            on_chunk=lambda name, n: chunks.append(n),
-            stop=lambda: len(chunks) >= 2,  # as a Ctrl-C after the second chunk
+            progress=Progress(),
+            stop=lambda: sum(sent) >= 2 * chunk,  # as a Ctrl-C after the second chunk
         )
     [state_file] = (lab.cache / ".whisperctl" / "uploads").iterdir()
     state = json.loads(state_file.read_text())

@@ -478,7 +478,7 @@ def push(
     if not (names or requirements):
         raise typer.BadParameter("name at least one model, or use -r FILE", param_hint="NAMES")
     st = _state(ctx)
-    with _stop_on_signals() as stop:
+    with _stop_on_signals() as stop, Bars(st.output, label="pushed") as bars:
         report = api.push(
             target,
             names or (),
@@ -486,6 +486,7 @@ def push(
             mount_from=mount_from,
             cache_dir=st.cache_dir,
             registry=st.registry,
+            progress=bars,
             stop=stop.is_set,
         )
     if as_json:

@@ -62,14 +62,16 @@ class BlobPush:
 @dataclass(frozen=True)
 class PushOptions:
     """``chunk_size``: bytes per PATCH; ``mount_from``: a repository of the same registry to mount blobs
-    from; ``state_dir``: where unfinished uploads are recorded; ``on_chunk(nbytes)``: after each chunk;
+    from; ``state_dir``: where unfinished uploads are recorded; ``on_start(total, completed)`` when the
+    model's file starts (``completed``: what the registry has), ``on_bytes(nbytes)`` as it goes up;
     ``stop()``: checked between reads; once true, the chunk in flight ends there, the upload is recorded, and
     :class:`KeyboardInterrupt` is raised (the next push resumes at that byte)."""
 
     state_dir: Path
     chunk_size: int = DEFAULT_CHUNK
     mount_from: str | None = None
-    on_chunk: Callable[[int], None] | None = None
+    on_start: Callable[[int, int], None] | None = None
+    on_bytes: Callable[[int], None] | None = None
     stop: Callable[[], bool] | None = None
     # Seconds after which a chunk is preceded by a request without a body (a GET on the upload), so that an
     # expired token is renewed there: a streamed chunk cannot be sent again after a 401.
@@ -125,22 +127,25 @@ async def _push_blob(
     if await _has_blob(registry, scope, digest):
         with contextlib.suppress(FileNotFoundError):
             state_path.unlink()  # an earlier upload that finished, or that another client completed
+        _started(options, size, size)
         return BlobPush(digest, size, "present", 0)
     location, offset = await _resume(registry, scope, state_path, size)
     resumed = offset > 0
     if location is None:
         location = await _start_upload(registry, scope, options.mount_from, digest)
         if location is None:
+            _started(options, size, size)
             return BlobPush(digest, size, "mounted", 0)
         _save_state(state_path, registry, digest, location, 0)
     start = offset
+    _started(options, size, offset)
     checked = time.monotonic()
     while offset < size:
         if time.monotonic() - checked > options.reauthorize_after:
             response = await _send(registry, "GET", location, scope)
             _expect(registry, response, (204,), f"the upload of blob {digest}")
             checked = time.monotonic()
-        body = _FileBody(path, offset, min(options.chunk_size, size - offset), options.stop)
+        body = _FileBody(path, offset, min(options.chunk_size, size - offset), options)
         # A streamed PATCH (no Content-Length): a stop asked for mid-chunk ends the body cleanly, so that
         # the registry's record of the upload and the location it answers agree, and the next run resumes.
         response = await _send(
@@ -155,8 +160,6 @@ async def _push_blob(
         location = _location(registry, response, location)
         offset = _confirmed(registry, response, offset + body.sent, digest)
         _save_state(state_path, registry, digest, location, offset)
-        if options.on_chunk is not None:
-            options.on_chunk(body.sent)
         if body.stopped:
             raise KeyboardInterrupt(f"push of {digest} stopped at byte {offset:,}; it resumes there")
     response = await _send(registry, "PUT", _with_digest(location, digest), scope, content=b"")
@@ -177,6 +180,11 @@ def _confirmed(registry: RegistryClient, response: httpx.Response, offset: int, 
         f"{registry.ref.display}: the registry holds {int(m[1]) + 1:,} bytes of blob {digest} after a chunk, "
         f"expected {offset:,}; push again (the upload starts anew)"
     )
+
+
+def _started(options: PushOptions, total: int, completed: int) -> None:
+    if options.on_start is not None:
+        options.on_start(total, completed)
 
 
 async def _has_blob(registry: RegistryClient, scope: str, digest: str) -> bool:
@@ -227,8 +235,9 @@ class _FileBody:
     """Up to ``length`` bytes of ``path`` from ``offset``, read in a thread (the event loop never waits on
     the disk), ``READ_BUFFER`` at a time into one reused buffer; ends early once ``stop()`` says so."""
 
-    def __init__(self, path: Path, offset: int, length: int, stop: Callable[[], bool] | None) -> None:
-        self.path, self.offset, self.length, self.stop = path, offset, length, stop
+    def __init__(self, path: Path, offset: int, length: int, options: PushOptions) -> None:
+        self.path, self.offset, self.length = path, offset, length
+        self.stop, self.on_bytes = options.stop, options.on_bytes
         self.sent = 0
         self.stopped = False
 
@@ -249,6 +258,8 @@ class _FileBody:
                     )
                 yield bytes(view[:n])
                 self.sent += n
+                if self.on_bytes is not None:
+                    self.on_bytes(n)
         finally:
             os.close(fd)
 
