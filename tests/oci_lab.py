@@ -10,15 +10,16 @@ from whisperctl import api
 
 from .helpers import file_sha256
 from .registry import Registry
-from .test_fleet import Blob, child_env, make_blobs, whisperctl, write_registry
+from .test_fleet import UNREACHABLE, Blob, child_env, make_blobs, whisperctl, write_registry
 
 
 class OciLab:
-    def __init__(self, tmp: Path, *sizes: int) -> None:
+    def __init__(self, tmp: Path, *sizes: int, official: str = UNREACHABLE) -> None:
+        """``official``: the base of the models' own URLs in the registry file (by default a dead port)."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.tmp = tmp
         self.blobs = make_blobs(*sizes)
-        self.registry = write_registry(tmp / "models.toml", self.blobs)
+        self.registry = write_registry(tmp / "models.toml", self.blobs, official)
         self.cache = tmp / "cache"
         self.source = tmp / "source-tree"
         for b in self.blobs:
@@ -34,6 +35,10 @@ class OciLab:
             mirrors=[str(self.source)],
             offline=True,
         )
+
+    def model_path(self, blob: Blob) -> Path:
+        """The model's file in the lab's own tree (not a cache): what an independent client pushes."""
+        return self.source / blob.sha256 / blob.filename
 
     def command(self, *args: str, cache: Path | None = None) -> list[str]:
         return whisperctl(cache or self.cache, self.registry, *args)

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import re
+import selectors
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +151,55 @@ def _decode_entry(entry: Any, path: Path, label: str) -> tuple[str, str] | None:
     return user, password
 
 
-def _helper(name: str, server: str, env: Mapping[str, str]) -> tuple[Credential | None, str]:
+def _run_bounded(
+    argv: list[str], stdin: bytes, env: Mapping[str, str], timeout: float
+) -> tuple[int, bytes, bytes]:
+    """Run a helper in its own session: its exit code and output, each read up to just over the bound;
+    past ``timeout`` (or the bound), the whole session is killed (a shell script's children too)."""
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env),
+        start_new_session=True,
+    )
+    outputs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    deadline = time.monotonic() + timeout
+    finished = False
+    try:
+        with contextlib.suppress(BrokenPipeError), proc.stdin as feed:  # type: ignore[union-attr]
+            feed.write(stdin)
+        with selectors.DefaultSelector() as selector:
+            for stream in outputs:
+                selector.register(stream, selectors.EVENT_READ)  # type: ignore[arg-type]
+            while selector.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                for key, _ in selector.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    kept = outputs[key.fileobj]  # type: ignore[index]
+                    kept += chunk
+                    if len(kept) > _MAX_HELPER_OUTPUT:
+                        return -1, bytes(kept), b""  # the finally kills it
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+        code = proc.wait(max(0.0, deadline - time.monotonic()))
+        finished = True
+        return code, bytes(outputs[proc.stdout]), bytes(outputs[proc.stderr])
+    except subprocess.TimeoutExpired:
+        raise TimeoutError from None
+    finally:
+        if not finished:  # its children too, which may hold the pipes open
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for stream in outputs:
+            stream.close()  # type: ignore[union-attr]
+
+
+def _helper(name: str, server: str, env: Mapping[str, str], timeout: float) -> tuple[Credential | None, str]:
     """``docker-credential-NAME get``: a credential, or None and why (not installed, no entry)."""
     program = f"docker-credential-{name}"
     if not _HELPER_NAME.fullmatch(name):
@@ -156,28 +208,18 @@ def _helper(name: str, server: str, env: Mapping[str, str]) -> tuple[Credential 
     if found is None:
         return None, f"{program} (not found on PATH)"
     try:
-        done = subprocess.run(
-            [found, "get"],
-            input=server.encode(),
-            capture_output=True,
-            timeout=_HELPER_TIMEOUT,
-            env=dict(env),
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return None, f"{program} (no answer within {_HELPER_TIMEOUT:g} s)"
+        code, out, err = _run_bounded([found, "get"], server.encode(), env, timeout)
+    except TimeoutError:
+        return None, f"{program} (no answer within {timeout:g} s)"
     except OSError as exc:
         return None, f"{program} (cannot run it: {exc.strerror or exc})"
-    if done.returncode != 0:
+    if len(out) > _MAX_HELPER_OUTPUT:
+        return None, f"{program} (an answer over {_MAX_HELPER_OUTPUT:,} bytes, refused)"
+    if code != 0:
         # "credentials not found in native keychain": no entry for this registry, the usual case.
-        return (
-            None,
-            f"{program} (no credentials: {sanitized(done.stdout.strip() or done.stderr.strip(), 80)})",
-        )
-    if len(done.stdout) > _MAX_HELPER_OUTPUT:
-        return None, f"{program} (an answer of {len(done.stdout):,} bytes, refused)"
+        return None, f"{program} (no credentials: {sanitized(out.strip() or err.strip(), 80)})"
     try:
-        answer = json.loads(done.stdout)
+        answer = json.loads(out)
         user, secret = answer["Username"], answer["Secret"]
     except (ValueError, UnicodeDecodeError, KeyError, TypeError):
         return None, f"{program} (an answer that is not its JSON)"
@@ -189,13 +231,19 @@ def _helper(name: str, server: str, env: Mapping[str, str]) -> tuple[Credential 
 
 
 def _from_file(
-    config: dict[str, Any], path: Path, label: str, netloc: str, repository: str, env: Mapping[str, str]
+    config: dict[str, Any],
+    path: Path,
+    label: str,
+    netloc: str,
+    repository: str,
+    env: Mapping[str, str],
+    timeout: float,
 ) -> tuple[Credential | None, str] | None:
     helpers = config.get("credHelpers")
     if isinstance(helpers, dict):
         for key, name in helpers.items():
             if isinstance(name, str) and _key_matches(key, netloc, repository) >= 0:
-                return _helper(name, key, env)
+                return _helper(name, key, env, timeout)
     auths = config.get("auths")
     if isinstance(auths, dict):
         best: tuple[int, str] | None = None
@@ -209,15 +257,20 @@ def _from_file(
                 return Credential(pair[0], pair[1], f"{label} {path}"), f"{label} {path}"
             store = config.get("credsStore")
             if isinstance(store, str) and store:
-                return _helper(store, best[1], env)
+                return _helper(store, best[1], env, timeout)
     store = config.get("credsStore")
     if isinstance(store, str) and store:
-        return _helper(store, netloc, env)
+        return _helper(store, netloc, env, timeout)
     return None
 
 
 def find_credentials(
-    netloc: str, repository: str, env: Mapping[str, str] | None = None, home: Path | None = None
+    netloc: str,
+    repository: str,
+    env: Mapping[str, str] | None = None,
+    home: Path | None = None,
+    *,
+    helper_timeout: float = _HELPER_TIMEOUT,
 ) -> Lookup:
     """The credential for ``netloc`` (``host[:port]``) from the first auth file that names it; anonymous
     (``credential`` None) when none does. Runs a credential helper when a file says so: call it off the
@@ -233,7 +286,7 @@ def find_credentials(
         if config is None:
             continue
         looked.append(f"{label} {path}")
-        found = _from_file(config, path, label, netloc, repository, environ)
+        found = _from_file(config, path, label, netloc, repository, environ, helper_timeout)
         if found is not None:
             return Lookup(found[0], found[1])
     tried = "none (anonymous; no auth file names this registry" + (
