@@ -96,6 +96,11 @@ def test_mount_from_another_repository(tmp_path: Path, registry: Registry) -> No
     assert model["layer"] == "mounted"
     assert not [path for method, path in uploads(registry, before) if method == "PATCH"]
     assert registry_blob(registry, "team/b", f"sha256:{blob.sha256}") == blob.data
+    # A repository without the blob: the registry starts an upload instead, and the blob is sent.
+    code, report, stderr = push(lab, registry, registry.url("team/c"), "--mount-from", "team/none", blob.name)
+    assert code == 0, stderr
+    assert report["models"][0]["layer"] == "sent"  # type: ignore[index]
+    assert registry_blob(registry, "team/c", f"sha256:{blob.sha256}") == blob.data
 
 
 def test_a_stopped_push_resumes_where_the_registry_says(

@@ -105,9 +105,7 @@ async def _push_bytes(registry: RegistryClient, scope: str, digest: str, data: b
     """A small blob (the config): in one ``POST`` then ``PUT`` with the bytes, unless the registry has it."""
     if await _has_blob(registry, scope, digest):
         return BlobPush(digest, len(data), "present", 0)
-    location = await _start_upload(registry, scope, None, digest)
-    if location is None:  # pragma: no cover - no mount asked for a config
-        return BlobPush(digest, len(data), "mounted", 0)
+    location = await _start_upload(registry, scope, digest)
     response = await _send(
         registry,
         "PUT",
@@ -132,10 +130,13 @@ async def _push_blob(
     location, offset = await _resume(registry, scope, state_path, size)
     resumed = offset > 0
     if location is None:
-        location = await _start_upload(registry, scope, options.mount_from, digest)
-        if location is None:
-            _started(options, size, size)
-            return BlobPush(digest, size, "mounted", 0)
+        if options.mount_from:
+            location = await _mount(registry, scope, digest, options.mount_from)
+            if location is None:
+                _started(options, size, size)
+                return BlobPush(digest, size, "mounted", 0)
+        else:
+            location = await _start_upload(registry, scope, digest)
         _save_state(state_path, registry, digest, location, 0)
     start = offset
     _started(options, size, offset)
@@ -191,19 +192,24 @@ async def _has_blob(registry: RegistryClient, scope: str, digest: str) -> bool:
     response = await _send(registry, "HEAD", registry.blob_path(digest), scope)
     if response.status_code == 404:
         return False
-    _expect(registry, response, (200,), f"blob {digest}")
+    # A redirect (to blob storage) says the registry has it as surely as a 200.
+    _expect(registry, response, (200, 302, 303, 307), f"blob {digest}")
     return True
 
 
-async def _start_upload(
-    registry: RegistryClient, scope: str, mount_from: str | None, digest: str
-) -> str | None:
-    """A new upload's location; None when the blob was mounted from ``mount_from`` instead."""
-    url = registry.uploads_path()
-    if mount_from:
-        url += f"?mount={quote(digest, safe='')}&from={quote(mount_from, safe='/')}"
+async def _start_upload(registry: RegistryClient, scope: str, digest: str) -> str:
+    """A new upload's location."""
+    response = await _send(registry, "POST", registry.uploads_path(), scope, content=b"")
+    _expect(registry, response, (202,), f"an upload of blob {digest}")
+    return _location(registry, response, None)
+
+
+async def _mount(registry: RegistryClient, scope: str, digest: str, source: str) -> str | None:
+    """None when the blob was mounted from the repository ``source``; else the location of the upload that
+    a registry which does not offer mounts (or lacks the blob there) starts instead."""
+    url = f"{registry.uploads_path()}?mount={quote(digest, safe='')}&from={quote(source, safe='/')}"
     response = await _send(registry, "POST", url, scope, content=b"")
-    if response.status_code == 201 and mount_from:
+    if response.status_code == 201:
         return None
     _expect(registry, response, (202,), f"an upload of blob {digest}")
     return _location(registry, response, None)
