@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -96,6 +97,11 @@ def test_mount_from_another_repository(tmp_path: Path, registry: Registry) -> No
     assert model["layer"] == "mounted"
     assert not [path for method, path in uploads(registry, before) if method == "PATCH"]
     assert registry_blob(registry, "team/b", f"sha256:{blob.sha256}") == blob.data
+    # Remembered: a push to a third repository mounts from the last one it went to, unasked.
+    code, report, stderr = push(lab, registry, registry.url("team/d"), blob.name)
+    assert code == 0, stderr
+    assert report["models"][0]["layer"] == "mounted"  # type: ignore[index]
+    assert [p for _, p in uploads(registry) if p.startswith("/v2/team/d/") and "from=team/b" in unquote(p)]
     # A repository without the blob: the registry starts an upload instead, and the blob is sent.
     code, report, stderr = push(lab, registry, registry.url("team/c"), "--mount-from", "team/none", blob.name)
     assert code == 0, stderr

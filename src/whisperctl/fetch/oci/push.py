@@ -1,15 +1,16 @@
 """Push a cached model to a registry as an OCI artifact (:mod:`.artifact`), tagged with its name.
 
 Each blob (the model's file, its config) is looked for first (``HEAD``): one the registry has is not sent
-again; one in another repository of the registry is mounted (``POST ...?mount=&from=``) where the registry
-offers it. Otherwise it goes up in chunks (streamed ``PATCH`` requests, then ``PUT ?digest=``), read from
-the cache in a thread with one reused buffer. After each chunk the upload's location and offset are kept in a
-small state file beside the cache; the next run asks the registry (``GET`` on the upload, whose ``Range``
-header says what it holds) and goes on from there. A stop asked for (Ctrl-C) ends the chunk in flight
-cleanly, so the upload resumes at that byte. A process killed in the middle of a chunk leaves the registry
-holding bytes past the recorded location: the CNCF distribution registry then cancels that upload when asked,
-and the blob starts anew. The manifest goes last, so a tag never names a blob the
-registry lacks.
+again; the model's file is mounted (``POST ...?mount=&from=``) where the registry offers it, from the
+repository given (``--mount-from``) or else from the last repository of the same registry it was pushed to
+(remembered beside the cache). Otherwise it goes up in chunks (streamed ``PATCH`` requests, then
+``PUT ?digest=``), read from the cache in a thread with one reused buffer. After each chunk the upload's
+location and offset are kept in a small state file beside the cache; the next run asks the registry (``GET``
+on the upload, whose ``Range`` header says what it holds) and goes on from there. A stop asked for (Ctrl-C)
+ends the chunk in flight cleanly, so the upload resumes at that byte. A process killed in the middle of a
+chunk leaves the registry holding bytes past the recorded location: the CNCF distribution registry then
+cancels that upload when asked, and the blob starts anew. The manifest goes last, so a tag never names a
+blob the registry lacks.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ MiB = 1024 * 1024
 DEFAULT_CHUNK = 64 * MiB  # one PATCH; what an interruption can cost at most
 READ_BUFFER = 4 * MiB  # one read from the cache, into the same buffer each time
 _RANGE = re.compile(r"^(?:bytes=)?0-(\d+)$")
+_REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 
 BlobHow = Literal["sent", "resumed", "present", "mounted"]
 
@@ -125,18 +127,17 @@ async def _push_blob(
     if await _has_blob(registry, scope, digest):
         with contextlib.suppress(FileNotFoundError):
             state_path.unlink()  # an earlier upload that finished, or that another client completed
+        _remember(options.state_dir, registry, digest)
         _started(options, size, size)
         return BlobPush(digest, size, "present", 0)
     location, offset = await _resume(registry, scope, state_path, size)
     resumed = offset > 0
     if location is None:
-        if options.mount_from:
-            location = await _mount(registry, scope, digest, options.mount_from)
-            if location is None:
-                _started(options, size, size)
-                return BlobPush(digest, size, "mounted", 0)
-        else:
-            location = await _start_upload(registry, scope, digest)
+        location = await _mount_or_start(registry, scope, digest, options)
+        if location is None:
+            _remember(options.state_dir, registry, digest)
+            _started(options, size, size)
+            return BlobPush(digest, size, "mounted", 0)
         _save_state(state_path, registry, digest, location, 0)
     start = offset
     _started(options, size, offset)
@@ -167,6 +168,7 @@ async def _push_blob(
     _expect(registry, response, (201,), f"blob {digest}")
     with contextlib.suppress(FileNotFoundError):
         state_path.unlink()
+    _remember(options.state_dir, registry, digest)
     return BlobPush(digest, size, "resumed" if resumed else "sent", size - start)
 
 
@@ -202,6 +204,46 @@ async def _start_upload(registry: RegistryClient, scope: str, digest: str) -> st
     response = await _send(registry, "POST", registry.uploads_path(), scope, content=b"")
     _expect(registry, response, (202,), f"an upload of blob {digest}")
     return _location(registry, response, None)
+
+
+async def _mount_or_start(
+    registry: RegistryClient, scope: str, digest: str, options: PushOptions
+) -> str | None:
+    """Mount the blob from ``--mount-from``, else from a repository of this registry that it was pushed to
+    before (remembered beside the cache; a refusal there only means a plain upload); None when mounted,
+    else the location of the upload."""
+    if options.mount_from:
+        return await _mount(registry, scope, digest, options.mount_from)
+    source = _remembered(options.state_dir, registry, digest)
+    if source is not None:
+        with contextlib.suppress(NetworkError):
+            return await _mount(registry, scope, digest, source)
+    return await _start_upload(registry, scope, digest)
+
+
+def _pushed_path(state_dir: Path, digest: str) -> Path:
+    return state_dir / f"{digest.removeprefix('sha256:')}.pushed.json"
+
+
+def _remembered(state_dir: Path, registry: RegistryClient, digest: str) -> str | None:
+    """The repository of this registry that ``digest`` was last pushed to, other than this one."""
+    known = _read_state(_pushed_path(state_dir, digest)) or {}
+    repositories = known.get(registry.ref.base_url)
+    for name in reversed(repositories if isinstance(repositories, list) else []):
+        if isinstance(name, str) and name != registry.ref.repository and _REPOSITORY.fullmatch(name):
+            return name
+    return None
+
+
+def _remember(state_dir: Path, registry: RegistryClient, digest: str) -> None:
+    """Record that this registry's repository holds ``digest`` (the last 16 repositories per registry)."""
+    path = _pushed_path(state_dir, digest)
+    known = _read_state(path) or {}
+    before = known.get(registry.ref.base_url)
+    kept = [r for r in (before if isinstance(before, list) else []) if r != registry.ref.repository]
+    known[registry.ref.base_url] = [*kept[-15:], registry.ref.repository]
+    with contextlib.suppress(OSError):  # only a later mount is lost
+        atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
 
 
 async def _mount(registry: RegistryClient, scope: str, digest: str, source: str) -> str | None:
