@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import unquote
@@ -244,3 +245,33 @@ def test_a_long_push_asks_about_its_upload_before_a_chunk_so_a_token_can_be_rene
     methods = [method for method, _ in uploads(token_registry)]
     assert methods == ["POST", *["GET", "PATCH"] * 3, "PUT", "POST", "PUT"]  # then the config
     assert registry_blob(token_registry, REPO, f"sha256:{blob.sha256}") == blob.data
+
+
+# VmHWM, not ru_maxrss: a forked child's ru_maxrss starts from its parent's (this test holds the blob).
+_PEAK = """
+import atexit, re, sys
+def peak():
+    status = open("/proc/self/status").read()
+    print("peak", re.search(r"VmHWM:\\s+(\\d+)", status)[1], file=sys.stderr)
+atexit.register(peak)
+from whisperctl.cli.app import main
+sys.argv[0] = "whisperctl"
+main()
+"""
+
+
+def test_a_large_push_reads_the_file_in_bounded_memory(tmp_path: Path, registry: Registry) -> None:
+    lab = OciLab(tmp_path, 160 * MiB)
+    blob = lab.blobs[0]
+    lab.fill()
+    args = ["--cache-dir", str(lab.cache), "--registry", str(lab.registry), "push", registry.url(REPO), "m0"]
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args],
+        env=lab.env(registry),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    peak_kib = int(done.stderr.split("peak")[-1])
+    assert peak_kib < 150 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB for a {len(blob.data) >> 20} MiB push"
