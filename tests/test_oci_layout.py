@@ -92,6 +92,8 @@ def test_a_manifest_from_elsewhere_parses_by_title_or_single_layer() -> None:
     assert parse_manifest(json.dumps(oras_like).encode(), where="x").model_layer.size == 7
     oras_like["layers"] = [layer]
     assert parse_manifest(json.dumps(oras_like).encode(), where="x").model_layer.size == 5
+    docker = {**oras_like, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
+    assert parse_manifest(json.dumps(docker).encode(), where="x").model_layer.size == 5
 
 
 @pytest.mark.parametrize(
