@@ -61,7 +61,10 @@ def test_push_sends_each_blob_once_and_tags_the_manifest(tmp_path: Path, registr
 
     code, report, stderr = push(lab, registry, registry.url(REPO), blob.name)
     assert code == 0, stderr
+    assert set(report) == {"registry", "models", "bytes_sent", "bytes_skipped"}
     [model] = report["models"]  # type: ignore[index]
+    keys = "name reference manifest_digest sha256 size_bytes layer bytes_sent bytes_skipped"
+    assert list(model) == keys.split()
     assert model["layer"] == "sent"
     assert (model["bytes_sent"], model["bytes_skipped"]) == (len(blob.data) + config_size, 0)
     assert report["bytes_sent"] == model["bytes_sent"]
