@@ -177,7 +177,7 @@ def push(
     (64 MiB by default); an interrupted push resumes where the registry says it stopped. Credentials come
     from the container tools' auth files. ``progress`` follows each model's file. ``stop()`` is
     checked between reads: once true, the chunk in flight ends there, the upload is recorded for the next
-    push to resume, and :class:`KeyboardInterrupt` is raised (the CLI sets it on Ctrl-C and SIGTERM)."""
+    push to resume, and :class:`KeyboardInterrupt` is raised (the CLI sets it on Ctrl-C, SIGTERM, SIGHUP)."""
     from whisperctl.fetch.oci.push import DEFAULT_CHUNK, PushOptions
     from whisperctl.fetch.oci.reference import parse_oci_url
 
