@@ -24,6 +24,7 @@ no slower than skopeo; whisperctl's peak RSS under 150 MiB. Results go to bench/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -84,7 +85,10 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Host $$http_host;
             proxy_set_header Connection "";
-            proxy_buffering off;
+            # limit_rate caps what nginx sends to the client, which an unbuffered proxy bypasses: buffer
+            # in memory only (no temp file), so that the registry is read as fast as the client drains.
+            proxy_buffering on;
+            proxy_max_temp_file_size 0;
             proxy_request_buffering off;
             limit_rate ${rate};
         }
@@ -164,6 +168,25 @@ def prepare(work: Path, size: int, rate: int) -> Lab:
     return lab
 
 
+def run_tool(cmd: Sequence[str], *, timeout: float, logs: Path, env: dict[str, str]) -> Proc:
+    """``measure`` (wall time, CPU) with the peak RSS taken by GNU time's own ``wait4`` on the tool.
+
+    A child's ``ru_maxrss`` from Python's own ``wait4`` starts at the benchmark's RSS (the forked or vforked
+    memory is counted before ``exec``): some 50 MiB, whatever the tool. ``/usr/bin/time``, a small
+    process, forks the tool itself, so its figure is the tool's own.
+    """
+    if not shutil.which("time", path="/usr/bin:/bin"):
+        raise BenchError("GNU time is missing: apt-get install time")
+    report = logs / "rss.txt"
+    proc = measure(
+        ["/usr/bin/time", "-f", "%M", "-o", str(report), *cmd], timeout=timeout, logs=logs, env=env
+    )
+    lines = report.read_text("utf-8").split() if report.is_file() else []
+    if not lines or not lines[-1].isdigit():
+        raise BenchError(f"{cmd[0]}: no peak RSS from /usr/bin/time ({' '.join(lines)[-200:]})")
+    return dataclasses.replace(proc, rss=int(lines[-1]) * 1024)  # GNU time reports KiB
+
+
 def _logs(lab: Lab, name: str) -> Path:
     path = lab.work / "logs" / name
     path.mkdir(parents=True, exist_ok=True)
@@ -224,7 +247,7 @@ def _before_run(lab: Lab) -> None:
 def pull_whisperctl(lab: Lab, mirror: str, env: dict[str, str], label: str) -> Proc:
     cache = _fresh(lab.work / "pulled-cache")
     _before_run(lab)
-    proc = measure(
+    proc = run_tool(
         whisperctl(lab, cache, "download", "--mirror", mirror, NAME),
         timeout=_timeout(lab),
         logs=_logs(lab, label),
@@ -241,14 +264,14 @@ def pull_skopeo(lab: Lab, host: str, env: dict[str, str], label: str) -> Proc:
     dest = _fresh(lab.work / "pulled-skopeo")
     _before_run(lab)
     logs = _logs(lab, label)
-    copy = measure(
+    copy = run_tool(
         [ensure_binary("skopeo"), "copy", f"docker://{host}/{REPO}:{NAME}", f"dir:{dest}"],
         timeout=_timeout(lab),
         logs=logs,
         env=env,
     )
     _check(copy, "skopeo copy (pull)")
-    check = measure(["sha256sum", str(dest / lab.sha256)], timeout=_timeout(lab), logs=logs, env=env)
+    check = run_tool(["sha256sum", str(dest / lab.sha256)], timeout=_timeout(lab), logs=logs, env=env)
     _check(check, "sha256sum")
     if check.stdout.split()[:1] != [lab.sha256]:
         raise BenchError(f"sha256sum after skopeo: {check.stdout.strip()}, expected {lab.sha256}")
@@ -260,7 +283,7 @@ def pull_skopeo(lab: Lab, host: str, env: dict[str, str], label: str) -> Proc:
 def push_whisperctl(lab: Lab, reg: Registry, env: dict[str, str]) -> Proc:
     _before_run(lab)
     cmd = whisperctl(lab, lab.cache, "push", reg.url(REPO), NAME)
-    proc = measure(cmd, timeout=_timeout(lab), logs=_logs(lab, "push-whisperctl"), env=env)
+    proc = run_tool(cmd, timeout=_timeout(lab), logs=_logs(lab, "push-whisperctl"), env=env)
     _check(proc, "whisperctl push")
     return proc
 
@@ -270,7 +293,7 @@ def push_skopeo(lab: Lab, reg: Registry, env: dict[str, str]) -> Proc:
     write_layout(layout, lab.tree_file, NAME, {"name": NAME})
     _before_run(lab)
     cmd = [ensure_binary("skopeo"), "copy", f"oci:{layout}:{NAME}", f"docker://{reg.host}/{REPO}:{NAME}"]
-    proc = measure(cmd, timeout=_timeout(lab), logs=_logs(lab, "push-skopeo"), env=env)
+    proc = run_tool(cmd, timeout=_timeout(lab), logs=_logs(lab, "push-skopeo"), env=env)
     _check(proc, "skopeo copy (push)")
     return proc
 
@@ -310,7 +333,7 @@ def run_pulls(lab: Lab, repeat: int) -> list[Row]:
         capped_host = f"127.0.0.1:{ports['registry_capped']}"
         env = {**lab.env, "REGISTRY_AUTH_FILE": str(_auth_file(lab, reg, reg.host, capped_host))}
         write_layout(_fresh(lab.work / "layout"), lab.tree_file, NAME, {"name": NAME})
-        seed = measure(
+        seed = run_tool(
             [
                 ensure_binary("skopeo"),
                 "copy",

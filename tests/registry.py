@@ -1,6 +1,7 @@
 """The CNCF distribution registry (Debian's ``docker-registry``) on 127.0.0.1 for tests and benchmarks.
 
-    with pki(tmp) as ca, serve(tmp / "reg", ca=ca) as reg:     # TLS from a private CA, htpasswd
+    ca = make_pki(tmp / "pki")
+    with serve(tmp / "reg", ca=ca) as reg:                       # TLS from a private CA, htpasswd
         env = reg.env(tmp / "auth.json")                          # SSL_CERT_FILE + REGISTRY_AUTH_FILE
         run whisperctl push reg.url("models") tiny ...            # "oci://127.0.0.1:PORT/models"
         assert any(line.method == "PATCH" for line in reg.requests())
@@ -141,11 +142,6 @@ def make_pki(directory: Path) -> Pki:
         str(ext),
     )
     return Pki(ca, ca_key, cert, key)
-
-
-@contextlib.contextmanager
-def pki(directory: Path) -> Iterator[Pki]:
-    yield make_pki(directory)
 
 
 def _b64url(data: bytes) -> str:

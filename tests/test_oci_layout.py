@@ -92,6 +92,8 @@ def test_a_manifest_from_elsewhere_parses_by_title_or_single_layer() -> None:
     assert parse_manifest(json.dumps(oras_like).encode(), where="x").model_layer.size == 7
     oras_like["layers"] = [layer]
     assert parse_manifest(json.dumps(oras_like).encode(), where="x").model_layer.size == 5
+    docker = {**oras_like, "mediaType": "application/vnd.docker.distribution.manifest.v2+json"}
+    assert parse_manifest(json.dumps(docker).encode(), where="x").model_layer.size == 5
 
 
 @pytest.mark.parametrize(
@@ -198,3 +200,19 @@ def test_skopeo_reads_the_layout(lab: Lab) -> None:
     fresh = lab.tmp / "fresh"
     assert lab.cli("download", "m0", "--mirror", str(copy), "--offline", cache=fresh).exit_code == 0
     assert lab.status(b0, fresh) == "verified"
+
+
+def test_a_failed_model_leaves_an_index_of_those_written(lab: Lab) -> None:
+    b0, b1 = lab.blobs
+    lab.fill()
+    layout = lab.tmp / "layout"
+    in_the_way = layout / "blobs" / "sha256" / b1.sha256
+    (in_the_way / "not-a-blob").parent.mkdir(parents=True)
+    (in_the_way / "not-a-blob").write_bytes(b"")
+    result = lab.cli("export", "--oci-layout", str(layout), "m0", "m1")
+    assert result.exit_code == 6, result.stderr
+    assert str(layout) in result.stderr and result.stderr.count("\n") == 1
+    index = json.loads((layout / "index.json").read_text())
+    assert [m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]] == ["m0"]
+    assert file_sha256(layout / "blobs" / "sha256" / b0.sha256) == b0.sha256
+    assert not list(layout.rglob("*.tmp"))

@@ -3,18 +3,26 @@ cross-repository mounts, an interrupted push that resumes, and the failures befo
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from whisperctl import api
-from whisperctl.fetch.oci.artifact import build_config, parse_manifest
+from whisperctl.fetch.http.client import make_client
+from whisperctl.fetch.oci.artifact import build_artifact, build_config, parse_manifest
+from whisperctl.fetch.oci.client import RegistryClient
+from whisperctl.fetch.oci.push import BlobPush, PushOptions, push_artifact
+from whisperctl.fetch.oci.reference import parse_oci_url
+from whisperctl.fetch.transfer import TransferOptions
 
 from .helpers import Cli
 from .oci_lab import OciLab
@@ -39,7 +47,8 @@ def uploads(reg: Registry, since: int = 0) -> list[tuple[str, str]]:
 
 def registry_blob(reg: Registry, repository: str, digest: str) -> bytes:
     with reg.client() as http:
-        r = http.get(f"/v2/{repository}/blobs/{digest}", follow_redirects=True)
+        headers = reg.bearer(f"repository:{repository}:pull") if reg.token_server else {}
+        r = http.get(f"/v2/{repository}/blobs/{digest}", headers=headers, follow_redirects=True)
     assert r.status_code == 200, r.text
     return r.content
 
@@ -52,7 +61,10 @@ def test_push_sends_each_blob_once_and_tags_the_manifest(tmp_path: Path, registr
 
     code, report, stderr = push(lab, registry, registry.url(REPO), blob.name)
     assert code == 0, stderr
+    assert set(report) == {"registry", "models", "bytes_sent", "bytes_skipped"}
     [model] = report["models"]  # type: ignore[index]
+    keys = "name reference manifest_digest sha256 size_bytes layer bytes_sent bytes_skipped"
+    assert list(model) == keys.split()
     assert model["layer"] == "sent"
     assert (model["bytes_sent"], model["bytes_skipped"]) == (len(blob.data) + config_size, 0)
     assert report["bytes_sent"] == model["bytes_sent"]
@@ -89,6 +101,16 @@ def test_mount_from_another_repository(tmp_path: Path, registry: Registry) -> No
     assert model["layer"] == "mounted"
     assert not [path for method, path in uploads(registry, before) if method == "PATCH"]
     assert registry_blob(registry, "team/b", f"sha256:{blob.sha256}") == blob.data
+    # Remembered: a push to a third repository mounts from the last one it went to, unasked.
+    code, report, stderr = push(lab, registry, registry.url("team/d"), blob.name)
+    assert code == 0, stderr
+    assert report["models"][0]["layer"] == "mounted"  # type: ignore[index]
+    assert [p for _, p in uploads(registry) if p.startswith("/v2/team/d/") and "from=team/b" in unquote(p)]
+    # A repository without the blob: the registry starts an upload instead, and the blob is sent.
+    code, report, stderr = push(lab, registry, registry.url("team/c"), "--mount-from", "team/none", blob.name)
+    assert code == 0, stderr
+    assert report["models"][0]["layer"] == "sent"  # type: ignore[index]
+    assert registry_blob(registry, "team/c", f"sha256:{blob.sha256}") == blob.data
 
 
 def test_a_stopped_push_resumes_where_the_registry_says(
@@ -100,7 +122,14 @@ def test_a_stopped_push_resumes_where_the_registry_says(
     for key, value in lab.env(registry).items():
         monkeypatch.setenv(key, value)
     chunk = 256 * KiB
-    chunks: list[int] = []
+    sent: list[int] = []
+
+    class Progress:
+        def start(self, name: str, total: int | None, completed: int) -> None:
+            assert (name, total, completed) == (blob.name, len(blob.data), 0)
+
+        def advance(self, name: str, nbytes: int) -> None:
+            sent.append(nbytes)
 
     with pytest.raises(KeyboardInterrupt):
         api.push(
@@ -109,8 +138,8 @@ def test_a_stopped_push_resumes_where_the_registry_says(
             chunk_size=chunk,
             cache_dir=lab.cache,
             registry=lab.registry,
-            on_chunk=lambda name, n: chunks.append(n),
-            stop=lambda: len(chunks) >= 2,  # as a Ctrl-C after the second chunk
+            progress=Progress(),
+            stop=lambda: sum(sent) >= 2 * chunk,  # as a Ctrl-C after the second chunk
         )
     [state_file] = (lab.cache / ".whisperctl" / "uploads").iterdir()
     state = json.loads(state_file.read_text())
@@ -194,3 +223,58 @@ def test_no_credentials_is_one_line_exit_3(tmp_path: Path, registry: Registry) -
     )
     assert result.exit_code == 3, result.stderr
     assert result.stderr.count("\n") == 1 and registry.host in result.stderr
+
+
+def test_a_long_push_asks_about_its_upload_before_a_chunk_so_a_token_can_be_renewed(
+    tmp_path: Path, token_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lab = OciLab(tmp_path, 700 * KiB)
+    blob = lab.blobs[0]
+    lab.fill()
+    for key, value in lab.env(token_registry).items():
+        monkeypatch.setenv(key, value)
+    reg, cache = api.open_context(lab.cache, lab.registry)
+    spec = reg.get(blob.name)
+    options = PushOptions(state_dir=tmp_path / "uploads", chunk_size=256 * KiB, reauthorize_after=0.0)
+
+    async def run() -> list[BlobPush]:
+        async with make_client(TransferOptions(lean_http=False), max_connections=2) as http:
+            client = RegistryClient(parse_oci_url(token_registry.url(REPO)), http)
+            artifact = build_artifact(spec, len(blob.data))
+            return await push_artifact(client, artifact, cache.path_for(spec), options)
+
+    blobs = asyncio.run(run())
+    assert [b.how for b in blobs] == ["sent", "sent"]
+    methods = [method for method, _ in uploads(token_registry)]
+    assert methods == ["POST", *["GET", "PATCH"] * 3, "PUT", "POST", "PUT"]  # then the config
+    assert registry_blob(token_registry, REPO, f"sha256:{blob.sha256}") == blob.data
+
+
+# VmHWM, not ru_maxrss: a forked child's ru_maxrss starts from its parent's (this test holds the blob).
+_PEAK = """
+import atexit, re, sys
+def peak():
+    status = open("/proc/self/status").read()
+    print("peak", re.search(r"VmHWM:\\s+(\\d+)", status)[1], file=sys.stderr)
+atexit.register(peak)
+from whisperctl.cli.app import main
+sys.argv[0] = "whisperctl"
+main()
+"""
+
+
+def test_a_large_push_reads_the_file_in_bounded_memory(tmp_path: Path, registry: Registry) -> None:
+    lab = OciLab(tmp_path, 160 * MiB)
+    blob = lab.blobs[0]
+    lab.fill()
+    args = ["--cache-dir", str(lab.cache), "--registry", str(lab.registry), "push", registry.url(REPO), "m0"]
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args],
+        env=lab.env(registry),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    peak_kib = int(done.stderr.split("peak")[-1])
+    assert peak_kib < 150 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB for a {len(blob.data) >> 20} MiB push"

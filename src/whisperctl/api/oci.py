@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from whisperctl.api.manifest import select_models
 from whisperctl.api.models import PathLike, open_context
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LayoutRecord",
     "LayoutReport",
+    "PushProgress",
     "PushRecord",
     "PushReport",
     "export_oci_layout",
@@ -40,6 +41,14 @@ __all__ = [
 ]
 
 UPLOADS_DIRNAME = "uploads"
+
+
+class PushProgress(Protocol):
+    """What :func:`push` reports of each model's file (the CLI's progress bars implement it)."""
+
+    def start(self, name: str, total: int | None, completed: int) -> None: ...
+
+    def advance(self, name: str, nbytes: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,7 @@ def _verified(
     """The entries of the models asked for, every one cached and verified (hashed first when never hashed);
     :class:`NotCachedError` or :class:`IntegrityError` for the first that is not, before any work."""
     if all_cached:
-        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.exists]
+        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.exists and e.status is not Status.CORRUPT]
         if not specs:
             raise NotCachedError(
                 f"{cache.root}: no model in the cache to {verb}; run `whisperctl download` first"
@@ -90,7 +99,8 @@ def _verified(
     elif names or manifest is not None:
         specs = select_models(reg, names, manifest=manifest)
     else:
-        raise UsageError(f"{verb}: name at least one model, or use -r FILE")
+        also = ", --all-cached" if verb == "export" else ""
+        raise UsageError(f"{verb}: name at least one model, or use{also} -r FILE")
     unhashed = [e.spec for e in (cache.entry(s) for s in specs) if e.status == Status.PRESENT]
     if unhashed:
         verify_models(unhashed, cache)
@@ -156,7 +166,7 @@ def push(
     cache_dir: PathLike | None = None,
     registry: Registry | PathLike | None = None,
     client: httpx.AsyncClient | None = None,
-    on_chunk: Callable[[str, int], None] | None = None,
+    progress: PushProgress | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> PushReport:
     """Push cached, verified models to the repository ``target`` (``oci://HOST[:PORT]/REPOSITORY``, or
@@ -165,9 +175,9 @@ def push(
     Blobs the registry has are not sent; with ``mount_from`` (a repository of the same registry) they are
     mounted from it where the registry offers that. The model's file goes in chunks of ``chunk_size`` bytes
     (64 MiB by default); an interrupted push resumes where the registry says it stopped. Credentials come
-    from the container tools' auth files. ``on_chunk(name, nbytes)`` follows the upload. ``stop()`` is
+    from the container tools' auth files. ``progress`` follows each model's file. ``stop()`` is
     checked between reads: once true, the chunk in flight ends there, the upload is recorded for the next
-    push to resume, and :class:`KeyboardInterrupt` is raised (the CLI sets it on Ctrl-C and SIGTERM)."""
+    push to resume, and :class:`KeyboardInterrupt` is raised (the CLI sets it on Ctrl-C, SIGTERM, SIGHUP)."""
     from whisperctl.fetch.oci.push import DEFAULT_CHUNK, PushOptions
     from whisperctl.fetch.oci.reference import parse_oci_url
 
@@ -184,7 +194,7 @@ def push(
         mount_from=mount_from,
         stop=stop,
     )
-    records = asyncio.run(_push_all(ref.display, entries, options, client, on_chunk))
+    records = asyncio.run(_push_all(ref.display, entries, options, client, progress))
     return PushReport(ref.display, records)
 
 
@@ -193,7 +203,7 @@ async def _push_all(
     entries: list[CacheEntry],
     options: PushOptions,
     client: httpx.AsyncClient | None,
-    on_chunk: Callable[[str, int], None] | None,
+    progress: PushProgress | None,
 ) -> list[PushRecord]:
     from whisperctl.fetch.http.client import make_client
     from whisperctl.fetch.oci.client import RegistryClient
@@ -209,7 +219,7 @@ async def _push_all(
         for e in entries:
             size = e.stamp.size if e.stamp else e.path.stat().st_size
             artifact = build_artifact(e.spec, size)
-            step = options if on_chunk is None else _with_callback(options, on_chunk, e.spec)
+            step = options if progress is None else _following(options, progress, e.spec.name)
             blobs = await push_artifact(registry_client, artifact, e.path, step)
             records.append(_record(ref.display, e.spec, size, artifact.manifest_digest, blobs))
         return records
@@ -218,10 +228,12 @@ async def _push_all(
             await http.aclose()
 
 
-def _with_callback(
-    options: PushOptions, on_chunk: Callable[[str, int], None], spec: ModelSpec
-) -> PushOptions:
-    return replace(options, on_chunk=lambda n: on_chunk(spec.name, n))
+def _following(options: PushOptions, progress: PushProgress, name: str) -> PushOptions:
+    return replace(
+        options,
+        on_start=lambda total, completed: progress.start(name, total, completed),
+        on_bytes=lambda n: progress.advance(name, n),
+    )
 
 
 def _record(

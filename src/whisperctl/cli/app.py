@@ -479,7 +479,7 @@ def push(
     if not (names or requirements):
         raise typer.BadParameter("name at least one model, or use -r FILE", param_hint="NAMES")
     st = _state(ctx)
-    with _stop_on_signals() as stop:
+    with _stop_on_signals() as stop, Bars(st.output, label="pushed") as bars:
         report = api.push(
             target,
             names or (),
@@ -487,6 +487,7 @@ def push(
             mount_from=mount_from,
             cache_dir=st.cache_dir,
             registry=st.registry,
+            progress=bars,
             stop=stop.is_set,
         )
     if as_json:
@@ -497,8 +498,8 @@ def push(
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by the first Ctrl-C or SIGTERM, so that a push ends its chunk cleanly and can resume;
-    a second Ctrl-C interrupts at once."""
+    """An event set by the first Ctrl-C, SIGTERM or SIGHUP, so that a push ends its chunk cleanly and can
+    resume; a second one interrupts at once."""
     stop = threading.Event()
 
     def first(signum: int, frame: object) -> None:
@@ -509,7 +510,10 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     if threading.current_thread() is not threading.main_thread():  # a test runner's thread: no signals
         yield stop
         return
-    saved = {sig: signal.signal(sig, first) for sig in (signal.SIGINT, signal.SIGTERM)}
+    names = ("SIGINT", "SIGTERM", "SIGHUP")  # SIGHUP: the terminal or SSH session went away
+    saved = {
+        sig: signal.signal(sig, first) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))
+    }
     try:
         yield stop
     finally:

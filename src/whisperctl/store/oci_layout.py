@@ -93,7 +93,9 @@ class LayoutReport:
 
 
 def write_layout(root: Path, models: Sequence[LayoutModel]) -> LayoutReport:
-    """Write ``models`` into the layout at ``root`` (created, or added to: manifests of other tags stay)."""
+    """Write ``models`` into the layout at ``root`` (created, or added to: manifests of other tags stay).
+
+    The index names the models written, even when a later one fails (as ``export`` keeps ``SHA256SUMS``)."""
     index_path = root / INDEX_NAME
     kept = _read_index(index_path)
     records: list[LayoutRecord] = []
@@ -102,34 +104,40 @@ def write_layout(root: Path, models: Sequence[LayoutModel]) -> LayoutReport:
         layout_file = root / LAYOUT_FILE
         if not layout_file.is_file() or layout_file.read_text("utf-8", "replace").strip() != _LAYOUT_TEXT:
             atomic_write_text(layout_file, _LAYOUT_TEXT + "\n")
-        for m in models:
-            _write_blob(root, m.config)
-            manifest_digest = _write_blob(root, m.manifest)
-            placed = place_file(m.spec, m.source, m.stamp, blob_path(root, m.spec.sha256))
-            records.append(
-                LayoutRecord(
-                    m.spec.name, m.spec.sha256, placed.size_bytes, placed.path, placed.method, manifest_digest
-                )
-            )
-            entries[m.spec.name] = {
-                "mediaType": m.media_type,
-                "artifactType": m.artifact_type,
-                "digest": manifest_digest,
-                "size": len(m.manifest),
-                "annotations": {ANNOTATION_REF_NAME: m.spec.name},
-            }
-        manifests = [e for e in kept if _ref_name(e) not in entries and _has_blob(root, e)]
-        manifests += [entries[name] for name in sorted(entries)]
-        index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
-        atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
-        with contextlib.suppress(OSError):
-            fsync_dir(root)
+        try:
+            for m in models:
+                records.append(_write_model(root, m))
+                entries[m.spec.name] = {
+                    "mediaType": m.media_type,
+                    "artifactType": m.artifact_type,
+                    "digest": records[-1].manifest_digest,
+                    "size": len(m.manifest),
+                    "annotations": {ANNOTATION_REF_NAME: m.spec.name},
+                }
+        finally:
+            if entries:
+                manifests = [e for e in kept if _ref_name(e) not in entries and _has_blob(root, e)]
+                manifests += [entries[name] for name in sorted(entries)]
+                index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
+                atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+                with contextlib.suppress(OSError):
+                    fsync_dir(root)
     except OSError as exc:
         raise CacheError(
             f"{root}: cannot write the OCI layout ({exc.strerror or exc}); check the destination's "
             "permissions and free space"
         ) from exc
     return LayoutReport(root, index_path, records)
+
+
+def _write_model(root: Path, m: LayoutModel) -> LayoutRecord:
+    """The config, the manifest and the model's file (linked or copied, verified) as blobs."""
+    _write_blob(root, m.config)
+    manifest_digest = _write_blob(root, m.manifest)
+    placed = place_file(m.spec, m.source, m.stamp, blob_path(root, m.spec.sha256))
+    return LayoutRecord(
+        m.spec.name, m.spec.sha256, placed.size_bytes, placed.path, placed.method, manifest_digest
+    )
 
 
 def _write_blob(root: Path, data: bytes) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "ANNOTATION_TITLE",
     "ARTIFACT_TYPE",
     "CONFIG_MEDIA_TYPE",
+    "DOCKER_MANIFEST_MEDIA_TYPE",
     "INDEX_MEDIA_TYPE",
     "MANIFEST_MEDIA_TYPE",
     "MAX_MANIFEST_BYTES",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_MEDIA_TYPE = "application/vnd.docker.distribution.manifest.v2+json"  # read, never written
 ARTIFACT_TYPE = "application/vnd.cncf.model.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.cncf.model.config.v1+json"
 WEIGHT_MEDIA_TYPE = "application/vnd.cncf.model.weight.v1.raw"
@@ -182,7 +184,7 @@ def parse_manifest(data: bytes, *, where: str) -> ParsedManifest:
     if not isinstance(doc, dict) or doc.get("schemaVersion") != 2:
         raise bad("no schemaVersion 2")
     media_type = doc.get("mediaType", MANIFEST_MEDIA_TYPE)
-    if media_type != MANIFEST_MEDIA_TYPE:
+    if media_type not in (MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE):
         raise bad(f"media type {sanitized(str(media_type), 80)}, expected {MANIFEST_MEDIA_TYPE}")
     config = _descriptor(doc.get("config"), bad)
     raw_layers = doc.get("layers")

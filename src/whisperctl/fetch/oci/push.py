@@ -1,15 +1,16 @@
 """Push a cached model to a registry as an OCI artifact (:mod:`.artifact`), tagged with its name.
 
 Each blob (the model's file, its config) is looked for first (``HEAD``): one the registry has is not sent
-again; one in another repository of the registry is mounted (``POST ...?mount=&from=``) where the registry
-offers it. Otherwise it goes up in chunks (streamed ``PATCH`` requests, then ``PUT ?digest=``), read from
-the cache in a thread with one reused buffer. After each chunk the upload's location and offset are kept in a
-small state file beside the cache; the next run asks the registry (``GET`` on the upload, whose ``Range``
-header says what it holds) and goes on from there. A stop asked for (Ctrl-C) ends the chunk in flight
-cleanly, so the upload resumes at that byte. A process killed in the middle of a chunk leaves the registry
-holding bytes past the recorded location: the CNCF distribution registry then cancels that upload when asked,
-and the blob starts anew. The manifest goes last, so a tag never names a blob the
-registry lacks.
+again; the model's file is mounted (``POST ...?mount=&from=``) where the registry offers it, from the
+repository given (``--mount-from``) or else from the last repository of the same registry it was pushed to
+(remembered beside the cache). Otherwise it goes up in chunks (streamed ``PATCH`` requests, then
+``PUT ?digest=``), read from the cache in a thread with one reused buffer. After each chunk the upload's
+location and offset are kept in a small state file beside the cache; the next run asks the registry (``GET``
+on the upload, whose ``Range`` header says what it holds) and goes on from there. A stop asked for (Ctrl-C)
+ends the chunk in flight cleanly, so the upload resumes at that byte. A process killed in the middle of a
+chunk leaves the registry holding bytes past the recorded location: the CNCF distribution registry then
+cancels that upload when asked, and the blob starts anew. The manifest goes last, so a tag never names a
+blob the registry lacks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ MiB = 1024 * 1024
 DEFAULT_CHUNK = 64 * MiB  # one PATCH; what an interruption can cost at most
 READ_BUFFER = 4 * MiB  # one read from the cache, into the same buffer each time
 _RANGE = re.compile(r"^(?:bytes=)?0-(\d+)$")
+_REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 
 BlobHow = Literal["sent", "resumed", "present", "mounted"]
 
@@ -61,15 +64,20 @@ class BlobPush:
 @dataclass(frozen=True)
 class PushOptions:
     """``chunk_size``: bytes per PATCH; ``mount_from``: a repository of the same registry to mount blobs
-    from; ``state_dir``: where unfinished uploads are recorded; ``on_chunk(nbytes)``: after each chunk;
+    from; ``state_dir``: where unfinished uploads are recorded; ``on_start(total, completed)`` when the
+    model's file starts (``completed``: what the registry has), ``on_bytes(nbytes)`` as it goes up;
     ``stop()``: checked between reads; once true, the chunk in flight ends there, the upload is recorded, and
     :class:`KeyboardInterrupt` is raised (the next push resumes at that byte)."""
 
     state_dir: Path
     chunk_size: int = DEFAULT_CHUNK
     mount_from: str | None = None
-    on_chunk: Callable[[int], None] | None = None
+    on_start: Callable[[int, int], None] | None = None
+    on_bytes: Callable[[int], None] | None = None
     stop: Callable[[], bool] | None = None
+    # Seconds after which a chunk is preceded by a request without a body (a GET on the upload), so that an
+    # expired token is renewed there: a streamed chunk cannot be sent again after a 401.
+    reauthorize_after: float = 30.0
 
 
 def upload_state_path(state_dir: Path, registry: RegistryClient, digest: str) -> Path:
@@ -99,9 +107,7 @@ async def _push_bytes(registry: RegistryClient, scope: str, digest: str, data: b
     """A small blob (the config): in one ``POST`` then ``PUT`` with the bytes, unless the registry has it."""
     if await _has_blob(registry, scope, digest):
         return BlobPush(digest, len(data), "present", 0)
-    location = await _start_upload(registry, scope, None, digest)
-    if location is None:  # pragma: no cover - no mount asked for a config
-        return BlobPush(digest, len(data), "mounted", 0)
+    location = await _start_upload(registry, scope, digest)
     response = await _send(
         registry,
         "PUT",
@@ -117,19 +123,31 @@ async def _push_bytes(registry: RegistryClient, scope: str, digest: str, data: b
 async def _push_blob(
     registry: RegistryClient, scope: str, digest: str, size: int, path: Path, options: PushOptions
 ) -> BlobPush:
-    if await _has_blob(registry, scope, digest):
-        return BlobPush(digest, size, "present", 0)
     state_path = upload_state_path(options.state_dir, registry, digest)
+    if await _has_blob(registry, scope, digest):
+        with contextlib.suppress(FileNotFoundError):
+            state_path.unlink()  # an earlier upload that finished, or that another client completed
+        _remember(options.state_dir, registry, digest)
+        _started(options, size, size)
+        return BlobPush(digest, size, "present", 0)
     location, offset = await _resume(registry, scope, state_path, size)
     resumed = offset > 0
     if location is None:
-        location = await _start_upload(registry, scope, options.mount_from, digest)
+        location = await _mount_or_start(registry, scope, digest, options)
         if location is None:
+            _remember(options.state_dir, registry, digest)
+            _started(options, size, size)
             return BlobPush(digest, size, "mounted", 0)
         _save_state(state_path, registry, digest, location, 0)
     start = offset
+    _started(options, size, offset)
+    checked = time.monotonic()
     while offset < size:
-        body = _FileBody(path, offset, min(options.chunk_size, size - offset), options.stop)
+        if time.monotonic() - checked > options.reauthorize_after:
+            response = await _send(registry, "GET", location, scope)
+            _expect(registry, response, (204,), f"the upload of blob {digest}")
+            checked = time.monotonic()
+        body = _FileBody(path, offset, min(options.chunk_size, size - offset), options)
         # A streamed PATCH (no Content-Length): a stop asked for mid-chunk ends the body cleanly, so that
         # the registry's record of the upload and the location it answers agree, and the next run resumes.
         response = await _send(
@@ -144,14 +162,13 @@ async def _push_blob(
         location = _location(registry, response, location)
         offset = _confirmed(registry, response, offset + body.sent, digest)
         _save_state(state_path, registry, digest, location, offset)
-        if options.on_chunk is not None:
-            options.on_chunk(body.sent)
         if body.stopped:
             raise KeyboardInterrupt(f"push of {digest} stopped at byte {offset:,}; it resumes there")
     response = await _send(registry, "PUT", _with_digest(location, digest), scope, content=b"")
     _expect(registry, response, (201,), f"blob {digest}")
     with contextlib.suppress(FileNotFoundError):
         state_path.unlink()
+    _remember(options.state_dir, registry, digest)
     return BlobPush(digest, size, "resumed" if resumed else "sent", size - start)
 
 
@@ -168,23 +185,73 @@ def _confirmed(registry: RegistryClient, response: httpx.Response, offset: int, 
     )
 
 
+def _started(options: PushOptions, total: int, completed: int) -> None:
+    if options.on_start is not None:
+        options.on_start(total, completed)
+
+
 async def _has_blob(registry: RegistryClient, scope: str, digest: str) -> bool:
     response = await _send(registry, "HEAD", registry.blob_path(digest), scope)
     if response.status_code == 404:
         return False
-    _expect(registry, response, (200,), f"blob {digest}")
+    # A redirect (to blob storage) says the registry has it as surely as a 200.
+    _expect(registry, response, (200, 302, 303, 307), f"blob {digest}")
     return True
 
 
-async def _start_upload(
-    registry: RegistryClient, scope: str, mount_from: str | None, digest: str
+async def _start_upload(registry: RegistryClient, scope: str, digest: str) -> str:
+    """A new upload's location."""
+    response = await _send(registry, "POST", registry.uploads_path(), scope, content=b"")
+    _expect(registry, response, (202,), f"an upload of blob {digest}")
+    return _location(registry, response, None)
+
+
+async def _mount_or_start(
+    registry: RegistryClient, scope: str, digest: str, options: PushOptions
 ) -> str | None:
-    """A new upload's location; None when the blob was mounted from ``mount_from`` instead."""
-    url = registry.uploads_path()
-    if mount_from:
-        url += f"?mount={quote(digest, safe='')}&from={quote(mount_from, safe='/')}"
+    """Mount the blob from ``--mount-from``, else from a repository of this registry that it was pushed to
+    before (remembered beside the cache; a refusal there only means a plain upload); None when mounted,
+    else the location of the upload."""
+    if options.mount_from:
+        return await _mount(registry, scope, digest, options.mount_from)
+    source = _remembered(options.state_dir, registry, digest)
+    if source is not None:
+        with contextlib.suppress(NetworkError):
+            return await _mount(registry, scope, digest, source)
+    return await _start_upload(registry, scope, digest)
+
+
+def _pushed_path(state_dir: Path, digest: str) -> Path:
+    return state_dir / f"{digest.removeprefix('sha256:')}.pushed.json"
+
+
+def _remembered(state_dir: Path, registry: RegistryClient, digest: str) -> str | None:
+    """The repository of this registry that ``digest`` was last pushed to, other than this one."""
+    known = _read_state(_pushed_path(state_dir, digest)) or {}
+    repositories = known.get(registry.ref.base_url)
+    for name in reversed(repositories if isinstance(repositories, list) else []):
+        if isinstance(name, str) and name != registry.ref.repository and _REPOSITORY.fullmatch(name):
+            return name
+    return None
+
+
+def _remember(state_dir: Path, registry: RegistryClient, digest: str) -> None:
+    """Record that this registry's repository holds ``digest`` (the last 16 repositories per registry)."""
+    path = _pushed_path(state_dir, digest)
+    known = _read_state(path) or {}
+    before = known.get(registry.ref.base_url)
+    kept = [r for r in (before if isinstance(before, list) else []) if r != registry.ref.repository]
+    known[registry.ref.base_url] = [*kept[-15:], registry.ref.repository]
+    with contextlib.suppress(OSError):  # only a later mount is lost
+        atomic_write_text(path, json.dumps(known, indent=1, sort_keys=True) + "\n")
+
+
+async def _mount(registry: RegistryClient, scope: str, digest: str, source: str) -> str | None:
+    """None when the blob was mounted from the repository ``source``; else the location of the upload that
+    a registry which does not offer mounts (or lacks the blob there) starts instead."""
+    url = f"{registry.uploads_path()}?mount={quote(digest, safe='')}&from={quote(source, safe='/')}"
     response = await _send(registry, "POST", url, scope, content=b"")
-    if response.status_code == 201 and mount_from:
+    if response.status_code == 201:
         return None
     _expect(registry, response, (202,), f"an upload of blob {digest}")
     return _location(registry, response, None)
@@ -216,8 +283,9 @@ class _FileBody:
     """Up to ``length`` bytes of ``path`` from ``offset``, read in a thread (the event loop never waits on
     the disk), ``READ_BUFFER`` at a time into one reused buffer; ends early once ``stop()`` says so."""
 
-    def __init__(self, path: Path, offset: int, length: int, stop: Callable[[], bool] | None) -> None:
-        self.path, self.offset, self.length, self.stop = path, offset, length, stop
+    def __init__(self, path: Path, offset: int, length: int, options: PushOptions) -> None:
+        self.path, self.offset, self.length = path, offset, length
+        self.stop, self.on_bytes = options.stop, options.on_bytes
         self.sent = 0
         self.stopped = False
 
@@ -238,6 +306,8 @@ class _FileBody:
                     )
                 yield bytes(view[:n])
                 self.sent += n
+                if self.on_bytes is not None:
+                    self.on_bytes(n)
         finally:
             os.close(fd)
 
