@@ -133,6 +133,11 @@ def test_files_are_read_in_the_container_tools_order(tmp_path: Path) -> None:
     _write(runtime / "containers" / "auth.json", {"auths": {"other.example": {"auth": _auth("o", "3")}}})
     third = find_credentials("r.example", "m", env=env, home=home).credential
     assert third is not None and third.username == "d"
+    # REGISTRY_AUTH_FILE takes the runtime file's place (containers-auth.json(5)); the others still follow.
+    _write(runtime / "containers" / "auth.json", {"auths": {"r.example": {"auth": _auth("p", "2")}}})
+    own = _write(tmp_path / "own.json", {"auths": {}})
+    fourth = find_credentials("r.example", "m", env={**env, "REGISTRY_AUTH_FILE": str(own)}, home=home)
+    assert fourth.credential is not None and fourth.credential.username == "d"
 
 
 def test_username_password_entries_docker_config_env_and_most_specific_key(tmp_path: Path) -> None:

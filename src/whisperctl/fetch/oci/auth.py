@@ -1,10 +1,10 @@
 """Registry credentials as container tools find them, and the bearer-token challenge.
 
 Credentials come only from the files that skopeo, podman, docker and oras read, in their order:
-``$REGISTRY_AUTH_FILE``, ``$XDG_RUNTIME_DIR/containers/auth.json``, ``$XDG_CONFIG_HOME/containers/auth.json``
-(``~/.config/...``) and ``$DOCKER_CONFIG/config.json`` (``~/.docker/config.json``): an ``auths`` entry (a
-base64 ``auth`` or ``username``/``password``), or a credential helper named by ``credHelpers`` or
-``credsStore``, run as ``docker-credential-NAME get`` with the registry on stdin, bounded in time and output.
+``$REGISTRY_AUTH_FILE`` (else ``$XDG_RUNTIME_DIR/containers/auth.json``),
+``$XDG_CONFIG_HOME/containers/auth.json`` (``~/.config/...``) and ``$DOCKER_CONFIG/config.json``
+(``~/.docker/config.json``): an ``auths`` entry (a base64 ``auth`` or ``username``/``password``), or a
+credential helper named by ``credHelpers`` or ``credsStore``, run as ``docker-credential-NAME get`` with the registry on stdin, bounded in time and output.
 Never from the command line.
 
 A ``WWW-Authenticate`` challenge and a token endpoint's answer are untrusted: sizes are bounded, text is
@@ -76,9 +76,9 @@ class Lookup:
 
 def _auth_files(env: Mapping[str, str], home: Path) -> list[tuple[str, Path]]:
     files: list[tuple[str, Path]] = []
-    if env.get("REGISTRY_AUTH_FILE"):
+    if env.get("REGISTRY_AUTH_FILE"):  # in place of the runtime file, as containers-auth.json(5) says
         files.append(("REGISTRY_AUTH_FILE", Path(env["REGISTRY_AUTH_FILE"])))
-    if env.get("XDG_RUNTIME_DIR"):
+    elif env.get("XDG_RUNTIME_DIR"):
         files.append(("podman's auth file", Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"))
     config = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else home / ".config"
     files.append(("containers auth file", config / "containers" / "auth.json"))
