@@ -4,7 +4,8 @@ Credentials come only from the files that skopeo, podman, docker and oras read, 
 ``$REGISTRY_AUTH_FILE`` (else ``$XDG_RUNTIME_DIR/containers/auth.json``),
 ``$XDG_CONFIG_HOME/containers/auth.json`` (``~/.config/...``) and ``$DOCKER_CONFIG/config.json``
 (``~/.docker/config.json``): an ``auths`` entry (a base64 ``auth`` or ``username``/``password``), or a
-credential helper named by ``credHelpers`` or ``credsStore``, run as ``docker-credential-NAME get`` with the registry on stdin, bounded in time and output.
+credential helper named by ``credHelpers`` or ``credsStore``, run as ``docker-credential-NAME get`` with the
+registry on stdin, bounded in time and output.
 Never from the command line.
 
 A ``WWW-Authenticate`` challenge and a token endpoint's answer are untrusted: sizes are bounded, text is
