@@ -68,6 +68,7 @@ class Endpoint:
     realm: str | None = None  # the realm the challenge names (default: this endpoint's /token)
     forbidden: bool = False  # authenticated, but not allowed to pull: 403
     redirects: int = 0  # to storage, each to a URL of its own
+    token_busy: int = 0  # the token endpoint answers 503 to this many requests once tokens were issued
     storage_faults: dict[str, Any] = field(default_factory=dict)  # for each new storage URL
     seen: list[Seen] = field(default_factory=list)
     tokens: dict[str, int] = field(default_factory=dict)  # valid token -> uses left (-1: unlimited)
@@ -121,6 +122,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _token(self) -> None:
         reg = self.server.registry
+        with reg.lock:
+            busy = reg.issued > 0 and reg.token_busy > 0
+            reg.token_busy -= busy
+        if busy:
+            self._reply(503, b"busy")
+            return
         sent = self.headers.get("Authorization", "")
         anonymous = not sent
         if not anonymous:
@@ -334,6 +341,20 @@ def test_expired_tokens_are_renewed_mid_transfer(
     assert "Bearer user-2" in {
         s.headers.get("authorization") for s in endpoint.blob_gets() if s.status == 206
     }
+
+
+def test_a_busy_token_endpoint_is_retried_like_a_busy_server(
+    endpoint: Endpoint, models: Models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_in(tmp_path, monkeypatch, endpoint)
+    endpoint.revoke_after, endpoint.token_busy = 2, 2
+    data = models.add("m", 3 * MiB)
+    endpoint.push(data)
+    record = models.download("m", endpoint.ref())
+    assert record.status == "downloaded", record.error
+    assert [s.status for s in endpoint.token_gets()] == [200, 503, 503, 200]
+    assert len(models.sleeps.delays) >= 2  # backed off as for any transient failure
+    assert file_sha256(models.cache / "m.pt") == sha256_hex(data)
 
 
 def test_redirect_to_blob_storage_drops_the_authorization(

@@ -26,8 +26,9 @@ from whisperctl.fetch.oci.auth import (
     token_request,
 )
 from whisperctl.fetch.oci.reference import RegistryRef
+from whisperctl.fetch.transfer.request import Retry
 
-__all__ = ["RegistryClient", "ScopedAuthorizer"]
+__all__ = ["RegistryClient", "ScopedAuthorizer", "TokenEndpointBusy"]
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -43,6 +44,10 @@ def _origin(url: str) -> tuple[str, str, int] | None:
     except ValueError:
         return None
     return scheme, (parts.hostname or "").lower(), port
+
+
+class TokenEndpointBusy(NetworkError):
+    """The token endpoint failed in a way that may pass (a transport error, 429, 5xx): worth a retry later."""
 
 
 class RegistryClient:
@@ -158,7 +163,7 @@ class RegistryClient:
                     if len(body) > _MAX_TOKEN_ANSWER:
                         break
         except httpx.HTTPError as exc:
-            raise NetworkError(
+            raise TokenEndpointBusy(
                 f"{self.ref.display}: the token endpoint {quoted(wanted.url, 120)} failed "
                 f"({quoted(str(exc), 120)}); check the network or the registry's auth configuration"
             ) from None
@@ -171,7 +176,8 @@ class RegistryClient:
             )
             raise self._denied(answer.status_code, what)
         if answer.status_code != 200:
-            raise NetworkError(
+            busy = answer.status_code in (408, 429) or answer.status_code >= 500
+            raise (TokenEndpointBusy if busy else NetworkError)(
                 f"{self.ref.display}: the token endpoint answered HTTP {answer.status_code}; "
                 "check the registry's auth configuration"
             )
@@ -238,7 +244,10 @@ class ScopedAuthorizer:
         return self.client.auth_headers_for(url, self.scope)
 
     async def refresh(self, response: httpx.Response) -> bool:
-        return await self.client.refresh(response, self.scope)
+        try:
+            return await self.client.refresh(response, self.scope)
+        except TokenEndpointBusy as exc:
+            raise Retry(str(exc)) from None  # the engine backs off and asks again
 
     def denied(self, response: httpx.Response) -> Exception:
         return self.client.denied(response)
