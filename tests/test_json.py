@@ -29,6 +29,7 @@ from whisperctl.api.fleet import (
     RemoveReport,
     UsageEntry,
 )
+from whisperctl.api.oci import LayoutRecord, LayoutReport, PushRecord, PushReport
 from whisperctl.cli.records import VIEWS, to_json
 from whisperctl.errors import ExitCode
 from whisperctl.fetch.download import DownloadRecord, DownloadStatus
@@ -66,6 +67,10 @@ def _classes() -> dict[str, type]:
         DiskUsage,
         UsageEntry,
         CacheKey,
+        LayoutReport,
+        LayoutRecord,
+        PushReport,
+        PushRecord,
     ]
     return {cls.__name__: cls for cls in classes}
 

@@ -1,4 +1,4 @@
-"""The one library face: list, info, path, download, verify, load, and the fleet verbs.
+"""The one library face: list, info, path, download, verify, load, the fleet verbs, and OCI push and layouts.
 
 Everything here returns data (dataclasses) and raises :class:`~whisperctl.errors.WhisperctlError` subclasses;
 nothing prints. The CLI (``whisperctl.cli``) is a thin layer over these functions.
@@ -37,6 +37,7 @@ from whisperctl.api.models import (
     resolve_target,
     verify,
 )
+from whisperctl.api.oci import LayoutReport, PushReport, export_oci_layout, push
 from whisperctl.models.registry import REGISTRY_ENV, default_registry_path
 from whisperctl.store.cache import CACHE_ENV, CacheEntry, Status, resolve_cache_dir
 from whisperctl.store.verify import VerifyRecord
@@ -50,8 +51,10 @@ __all__ = [
     "DiskUsage",
     "ExportReport",
     "Freeze",
+    "LayoutReport",
     "PathLike",
     "PruneReport",
+    "PushReport",
     "RemoveReport",
     "Status",
     "VerifyRecord",
@@ -60,6 +63,7 @@ __all__ = [
     "disk_usage",
     "download",
     "export_mirror",
+    "export_oci_layout",
     "format_manifest",
     "freeze",
     "inspect",
@@ -72,6 +76,7 @@ __all__ = [
     "parse_manifest",
     "plan_prune",
     "prune",
+    "push",
     "read_manifest",
     "remove_models",
     "resolve_cache_dir",

@@ -5,9 +5,13 @@ Nothing here imports torch; commands that need it import it inside the library c
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,7 +28,9 @@ from whisperctl.cli.render import (
     render_export,
     render_freeze,
     render_info,
+    render_layout,
     render_prune,
+    render_push,
     render_remove,
 )
 from whisperctl.errors import ExitCode, WhisperctlError
@@ -208,7 +214,8 @@ def download(
         list[str] | None,
         typer.Option(
             "--mirror",
-            help="Mirror URL or directory (<base>/<sha256>/<file>), tried before the official URL; "
+            help="Mirror URL or directory (<base>/<sha256>/<file>), or registry repository "
+            "oci://HOST[:PORT]/REPO (oci+http:// for plain http), tried before the official URL; "
             "repeatable or comma-separated [env: WHISPERCTL_MIRROR].",
             show_default=False,
         ),
@@ -335,7 +342,7 @@ def load(
         list[str] | None,
         typer.Option(
             "--mirror",
-            help="Mirror URL or directory for a download [env: WHISPERCTL_MIRROR].",
+            help="Mirror URL, directory or oci:// repository for a download [env: WHISPERCTL_MIRROR].",
             show_default=False,
         ),
     ] = None,
@@ -382,17 +389,51 @@ def freeze(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @app.command()
 def export(
     ctx: typer.Context,
-    dest: Annotated[Path, typer.Argument(help="Directory of the mirror tree (created if needed).")],
+    dest: Annotated[
+        str | None,
+        typer.Argument(
+            help="Directory of the mirror tree (created if needed); with --oci-layout, a model name.",
+            show_default=False,
+        ),
+    ] = None,
     names: NamesArg = None,
     all_cached: Annotated[bool, typer.Option("--all-cached", help="Every model in the cache.")] = False,
     requirements: ManifestOpt = None,
+    oci_layout: Annotated[
+        Path | None,
+        typer.Option(
+            "--oci-layout",
+            metavar="DIR",
+            help="Write an OCI image layout (for skopeo and oras, and a mirror itself) instead of a tree.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write cached models as a mirror tree DIR/<sha256>/<file> plus SHA256SUMS (hard links, else copies).
 
     Any static web server serving DIR is a mirror for `--mirror URL`; DIR itself is one for `--mirror DIR`.
+    With `--oci-layout DIR`: an OCI image layout, each model tagged with its name.
     """
     st = _state(ctx)
+    if oci_layout is not None:
+        layout = api.export_oci_layout(
+            oci_layout,
+            [*([dest] if dest else []), *(names or ())],
+            manifest=requirements,
+            all_cached=all_cached,
+            cache_dir=st.cache_dir,
+            registry=st.registry,
+        )
+        if as_json:
+            st.output.json(layout)
+        else:
+            render_layout(st.output, layout)
+        return
+    if dest is None:
+        raise typer.BadParameter(
+            "give the directory of the mirror tree (or --oci-layout DIR)", param_hint="DEST"
+        )
     report = api.export_mirror(
         dest,
         names or (),
@@ -405,6 +446,79 @@ def export(
         st.output.json(report)
     else:
         render_export(st.output, report)
+
+
+@app.command()
+def push(
+    ctx: typer.Context,
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Repository: oci://HOST[:PORT]/REPOSITORY (oci+http:// for a plain-http registry).",
+            show_default=False,
+        ),
+    ],
+    names: NamesArg = None,
+    requirements: ManifestOpt = None,
+    mount_from: Annotated[
+        str | None,
+        typer.Option(
+            "--mount-from",
+            metavar="REPO",
+            help="A repository of the same registry to mount blobs from instead of sending them.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Push cached, verified models to a registry as OCI artifacts, each tagged with its name.
+
+    Blobs the registry has are not sent again; an interrupted push resumes. Credentials come from the files
+    that docker, podman, skopeo and oras read (REGISTRY_AUTH_FILE, ~/.docker/config.json, ...).
+    """
+    if not (names or requirements):
+        raise typer.BadParameter("name at least one model, or use -r FILE", param_hint="NAMES")
+    st = _state(ctx)
+    with _stop_on_signals() as stop, Bars(st.output, label="pushed") as bars:
+        report = api.push(
+            target,
+            names or (),
+            manifest=requirements,
+            mount_from=mount_from,
+            cache_dir=st.cache_dir,
+            registry=st.registry,
+            progress=bars,
+            stop=stop.is_set,
+        )
+    if as_json:
+        st.output.json(report)
+    else:
+        render_push(st.output, report)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by the first Ctrl-C, SIGTERM or SIGHUP, so that a push ends its chunk cleanly and can
+    resume; a second one interrupts at once."""
+    stop = threading.Event()
+
+    def first(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():  # a test runner's thread: no signals
+        yield stop
+        return
+    names = ("SIGINT", "SIGTERM", "SIGHUP")  # SIGHUP: the terminal or SSH session went away
+    saved = {
+        sig: signal.signal(sig, first) for sig in (getattr(signal, n) for n in names if hasattr(signal, n))
+    }
+    try:
+        yield stop
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @app.command("rm")

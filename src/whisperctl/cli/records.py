@@ -81,6 +81,10 @@ VIEWS: dict[str, View] = {
         computed={"readable": lambda i: i.checkpoint is not None},
     ),
     "ExportReport": View(rename={"records": "models"}, computed={"bytes_copied": lambda r: r.bytes_copied}),
+    "LayoutReport": View(rename={"records": "models"}, computed={"bytes_copied": lambda r: r.bytes_copied}),
+    "PushReport": View(
+        computed={"bytes_sent": lambda r: r.bytes_sent, "bytes_skipped": lambda r: r.bytes_skipped}
+    ),
     "RemoveReport": View(computed={"bytes_freed": lambda r: r.bytes_freed}),
     "RemoveRecord": View(computed={"status": lambda r: r.status, "bytes_freed": lambda r: r.bytes_freed}),
     "PruneReport": View(rename={"items": "removed"}, computed={"bytes_freed": lambda r: r.bytes_freed}),

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
         DiskUsage,
         ExportReport,
         Freeze,
+        LayoutReport,
         PruneReport,
+        PushReport,
         RemoveReport,
         VerifyRecord,
     )
@@ -52,7 +54,9 @@ __all__ = [
     "render_export",
     "render_freeze",
     "render_info",
+    "render_layout",
     "render_prune",
+    "render_push",
     "render_remove",
 ]
 
@@ -400,6 +404,28 @@ def render_export(output: Output, report: ExportReport) -> None:
     output.info(
         f"wrote {report.sums} ({n} model{'' if n == 1 else 's'}); serve {report.root} with any static web "
         f"server and use `--mirror URL`, or use `--mirror {report.root}` as it is"
+    )
+
+
+def render_layout(output: Output, report: LayoutReport) -> None:
+    for r in report.records:
+        output.line(f"{r.name}: {r.method} {r.path} (manifest {r.manifest_digest})")
+    n = len(report.records)
+    output.info(
+        f"wrote {report.index} ({n} model{'' if n == 1 else 's'}); copy it to a registry with "
+        f"`skopeo copy oci:{report.root}:NAME docker://...`, or use `--mirror {report.root}` as it is"
+    )
+
+
+def render_push(output: Output, report: PushReport) -> None:
+    for m in report.models:
+        output.line(
+            f"{m.reference}: {m.layer}, {human_bytes(m.bytes_sent)} sent, {human_bytes(m.bytes_skipped)} "
+            f"skipped (manifest {m.manifest_digest})"
+        )
+    output.info(
+        f"pushed {len(report.models)} to {report.registry}: {human_bytes(report.bytes_sent)} sent, "
+        f"{human_bytes(report.bytes_skipped)} already there"
     )
 
 

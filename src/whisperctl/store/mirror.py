@@ -23,7 +23,15 @@ from whisperctl.store.hashing import sha256_file
 from whisperctl.store.layout import temporary_path
 from whisperctl.store.stamps import Stamp
 
-__all__ = ["SUMS_NAME", "ExportMethod", "ExportRecord", "ExportReport", "export_file", "write_sums"]
+__all__ = [
+    "SUMS_NAME",
+    "ExportMethod",
+    "ExportRecord",
+    "ExportReport",
+    "export_file",
+    "place_file",
+    "write_sums",
+]
 
 SUMS_NAME = "SHA256SUMS"
 _SUMS_LINE = re.compile(r"^(?P<digest>[0-9a-f]{64}) [ *](?P<path>[0-9a-f]{64}/[^/]+)$")
@@ -58,7 +66,12 @@ def export_file(spec: ModelSpec, source: Path, stamp: Stamp | None, root: Path) 
     """Put the cached file ``source`` of ``spec`` into the tree at ``root``: a hard link where the filesystem
     allows, else a copy. ``stamp``: the cached file's, when it said verified; a file that is still the one it
     describes (same device, inode, size and mtime) is not read again."""
-    target = root / spec.sha256 / spec.filename
+    return place_file(spec, source, stamp, root / spec.sha256 / spec.filename)
+
+
+def place_file(spec: ModelSpec, source: Path, stamp: Stamp | None, target: Path) -> ExportRecord:
+    """Put the cached file ``source`` of ``spec`` at ``target`` (its folder created), as :func:`export_file`
+    does: linked or copied, verified, by ``os.replace``; ``present`` when a verified copy is there."""
     src = source.stat()
 
     def stamped(st: os.stat_result) -> bool:
@@ -68,7 +81,7 @@ def export_file(spec: ModelSpec, source: Path, stamp: Stamp | None, root: Path) 
         return ExportRecord(spec.name, spec.sha256, src.st_size, target, method)
 
     try:
-        target.parent.mkdir(exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             st = os.stat(target, follow_symlinks=False)
             if stamped(st):

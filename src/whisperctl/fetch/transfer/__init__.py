@@ -20,5 +20,6 @@ digest and decides.
 
 from whisperctl.fetch.transfer.engine import fetch_url
 from whisperctl.fetch.transfer.options import TransferOptions, TransferProgress, TransferResult
+from whisperctl.fetch.transfer.request import Authorizer
 
-__all__ = ["TransferOptions", "TransferProgress", "TransferResult", "fetch_url"]
+__all__ = ["Authorizer", "TransferOptions", "TransferProgress", "TransferResult", "fetch_url"]

@@ -23,7 +23,7 @@ from whisperctl.fetch.transfer.body import Sink, stream_body
 from whisperctl.fetch.transfer.options import TransferOptions, TransferProgress, TransferResult
 from whisperctl.fetch.transfer.pace import Pace
 from whisperctl.fetch.transfer.plan import Plan, Segment
-from whisperctl.fetch.transfer.request import Restart, Retry, Route, shown
+from whisperctl.fetch.transfer.request import Authorizer, Restart, Retry, Route, shown
 from whisperctl.fetch.transfer.sidecar import load_sidecar, sidecar_text, write_checkpoint
 from whisperctl.store.files import create_partial, open_nofollow
 from whisperctl.store.hashing import FollowingHasher
@@ -381,16 +381,18 @@ async def fetch_url(
     options: TransferOptions | None = None,
     progress: TransferProgress | None = None,
     resume: bool = True,
+    authorizer: Authorizer | None = None,
 ) -> TransferResult:
     """Download ``url`` into ``part`` (resuming what an earlier run left) and return its digest.
 
     On success the file is complete and fsynced, and its descriptor is returned open in the result. On a
     transient failure the partial file and its sidecar are kept for a later resume; on a disk-full error,
-    an oversized body or a size mismatch they are removed. ``resume=False`` starts afresh.
+    an oversized body or a size mismatch they are removed. ``resume=False`` starts afresh. ``authorizer``
+    adds the headers a source needs (a registry's token) to requests to ``url``'s host, and answers its 401s.
     """
     opt = options or TransferOptions()
     job = Job(part, state_path, expected_sha256, expected_size, opt, progress, resume)
-    route = Route(client, url, opt)
+    route = Route(client, url, opt, authorizer)
     restarts = 0
     try:
         while True:

@@ -1,0 +1,1 @@
+"""OCI registries: references (``oci://HOST[:PORT]/REPOSITORY``), credentials and the registry client."""
