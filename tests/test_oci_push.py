@@ -238,7 +238,9 @@ def test_a_long_push_asks_about_its_upload_before_a_chunk_so_a_token_can_be_rene
     options = PushOptions(state_dir=tmp_path / "uploads", chunk_size=256 * KiB, reauthorize_after=0.0)
 
     async def run() -> list[BlobPush]:
-        async with make_client(TransferOptions(lean_http=False), max_connections=2) as http:
+        async with make_client(
+            timeout=TransferOptions().timeout(), max_connections=2, lean_http=False
+        ) as http:
             client = RegistryClient(parse_oci_url(token_registry.url(REPO)), http)
             artifact = build_artifact(spec, len(blob.data))
             return await push_artifact(client, artifact, cache.path_for(spec), options)

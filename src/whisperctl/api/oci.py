@@ -212,7 +212,7 @@ async def _push_all(
     from whisperctl.fetch.transfer import TransferOptions
 
     ref = parse_oci_url(target)
-    http = client or make_client(TransferOptions(lean_http=False), max_connections=2)
+    http = client or make_client(timeout=TransferOptions().timeout(), max_connections=2, lean_http=False)
     try:
         registry_client = RegistryClient(ref, http)
         records = []
