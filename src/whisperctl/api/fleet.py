@@ -19,12 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from whisperctl.api.manifest import parse_manifest, read_manifest, select_models
+from whisperctl.api.manifest import check_cached, parse_manifest, read_manifest, select_cached, select_models
 from whisperctl.api.models import PathLike, open_context
 from whisperctl.errors import (
     CacheError,
-    IntegrityError,
-    NotCachedError,
     UnknownModelError,
     UsageError,
 )
@@ -143,27 +141,9 @@ def export_mirror(
     so that a tree can be filled model by model; ``sha256sum -c SHA256SUMS`` checks it.
     """
     reg, cache = open_context(cache_dir, registry)
-    if all_cached:
-        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.exists and e.status is not Status.CORRUPT]
-        if not specs:
-            raise NotCachedError(
-                f"{cache.root}: no model in the cache to export; run `whisperctl download` first"
-            )
-    elif names or manifest is not None:
-        specs = select_models(reg, names, manifest=manifest)
-    else:
-        raise UsageError("export: name at least one model, or use --all-cached or -r FILE")
+    specs = select_cached(reg, cache, names, manifest=manifest, all_cached=all_cached, verb="export")
     entries = [cache.entry(spec) for spec in specs]
-    for e in entries:
-        if e.status in ("missing", "partial"):
-            raise NotCachedError(
-                f"{e.spec.name}: not in the cache ({e.path}); run `whisperctl download {e.spec.name}` first"
-            )
-        if e.status is Status.CORRUPT:
-            raise IntegrityError(
-                f"{e.spec.name}: {e.path} failed verification; run `whisperctl verify --repair "
-                f"{e.spec.name}` first"
-            )
+    check_cached(entries, verified_only=False)
     root = Path(dest).expanduser().absolute()
     try:
         root.mkdir(parents=True, exist_ok=True)

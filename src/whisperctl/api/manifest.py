@@ -12,10 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from whisperctl.errors import ManifestError, UnknownModelError
+from whisperctl.errors import IntegrityError, ManifestError, NotCachedError, UnknownModelError, UsageError
 from whisperctl.models.registry import ModelSpec, Registry, load_registry
+from whisperctl.store.cache import Cache, CacheEntry, Status
 
-__all__ = ["parse_manifest", "read_manifest", "select_models"]
+__all__ = ["check_cached", "parse_manifest", "read_manifest", "select_cached", "select_models"]
 
 
 def parse_manifest(text: str, registry: Registry, *, source: str = "manifest") -> list[ModelSpec]:
@@ -88,3 +89,46 @@ def select_models(
         for spec in read_manifest(manifest, registry=registry):
             specs.setdefault(spec.name, spec)
     return list(specs.values())
+
+
+def select_cached(
+    registry: Registry,
+    cache: Cache,
+    names: Sequence[str],
+    *,
+    manifest: Path | str | None,
+    all_cached: bool,
+    verb: str,
+) -> list[ModelSpec]:
+    """The models a command that publishes cached files (``export``, ``push``) is about: those named and in
+    ``manifest``, or with ``all_cached`` every model in the cache that is not known to be corrupt."""
+    if all_cached:
+        specs = [
+            e.spec for e in (cache.entry(s) for s in registry) if e.exists and e.status is not Status.CORRUPT
+        ]
+        if not specs:
+            raise NotCachedError(
+                f"{cache.root}: no model in the cache to {verb}; run `whisperctl download` first"
+            )
+        return specs
+    if names or manifest is not None:
+        return select_models(registry, names, manifest=manifest)
+    ways = "--all-cached or -r FILE" if verb == "export" else "-r FILE"  # push publishes named models only
+    raise UsageError(f"{verb}: name at least one model, or use {ways}")
+
+
+def check_cached(entries: Sequence[CacheEntry], *, verified_only: bool) -> None:
+    """Every entry's file is there (:class:`NotCachedError`, exit 5) and not known to be corrupt, or with
+    ``verified_only`` verified (:class:`IntegrityError`, exit 4): checked for all before any work."""
+    for e in entries:
+        if e.status in (Status.MISSING, Status.PARTIAL):
+            raise NotCachedError(
+                f"{e.spec.name}: not in the cache ({e.path}); run `whisperctl download {e.spec.name}` first"
+            )
+        if e.status is Status.CORRUPT or (
+            verified_only and (e.status is not Status.VERIFIED or e.stamp is None)
+        ):
+            raise IntegrityError(
+                f"{e.spec.name}: {e.path} failed verification; run `whisperctl verify --repair "
+                f"{e.spec.name}` first"
+            )

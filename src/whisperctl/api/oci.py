@@ -15,9 +15,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from whisperctl.api.manifest import select_models
+from whisperctl.api.manifest import check_cached, select_cached
 from whisperctl.api.models import PathLike, open_context
-from whisperctl.errors import CacheError, IntegrityError, NotCachedError, UsageError
+from whisperctl.errors import CacheError, UsageError
 from whisperctl.fetch.oci.artifact import ARTIFACT_TYPE, MANIFEST_MEDIA_TYPE, build_artifact
 from whisperctl.models.registry import ModelSpec, Registry
 from whisperctl.store.cache import Cache, CacheEntry, Status
@@ -90,31 +90,12 @@ def _verified(
 ) -> list[CacheEntry]:
     """The entries of the models asked for, every one cached and verified (hashed first when never hashed);
     :class:`NotCachedError` or :class:`IntegrityError` for the first that is not, before any work."""
-    if all_cached:
-        specs = [e.spec for e in (cache.entry(s) for s in reg) if e.exists and e.status is not Status.CORRUPT]
-        if not specs:
-            raise NotCachedError(
-                f"{cache.root}: no model in the cache to {verb}; run `whisperctl download` first"
-            )
-    elif names or manifest is not None:
-        specs = select_models(reg, names, manifest=manifest)
-    else:
-        also = ", --all-cached" if verb == "export" else ""
-        raise UsageError(f"{verb}: name at least one model, or use{also} -r FILE")
+    specs = select_cached(reg, cache, names, manifest=manifest, all_cached=all_cached, verb=verb)
     unhashed = [e.spec for e in (cache.entry(s) for s in specs) if e.status == Status.PRESENT]
     if unhashed:
         verify_models(unhashed, cache)
     entries = [cache.entry(spec) for spec in specs]
-    for e in entries:
-        if e.status in (Status.MISSING, Status.PARTIAL):
-            raise NotCachedError(
-                f"{e.spec.name}: not in the cache ({e.path}); run `whisperctl download {e.spec.name}` first"
-            )
-        if e.status is not Status.VERIFIED or e.stamp is None:
-            raise IntegrityError(
-                f"{e.spec.name}: {e.path} failed verification; run `whisperctl verify --repair "
-                f"{e.spec.name}` first"
-            )
+    check_cached(entries, verified_only=True)
     return entries
 
 
