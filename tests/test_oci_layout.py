@@ -22,7 +22,8 @@ from whisperctl.fetch.oci.artifact import (
     build_artifact,
     parse_manifest,
 )
-from whisperctl.fetch.sources import OCILayoutMirror, choose_source
+from whisperctl.fetch.sources import choose_source
+from whisperctl.fetch.sources.oci_layout import OCILayoutMirror
 from whisperctl.models.registry import load_registry
 
 from .helpers import file_sha256

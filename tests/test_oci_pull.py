@@ -35,7 +35,8 @@ from whisperctl.errors import ExitCode
 from whisperctl.fetch.oci.auth import find_credentials
 from whisperctl.fetch.oci.client import RegistryClient
 from whisperctl.fetch.oci.reference import parse_oci_url
-from whisperctl.fetch.sources import OCIRegistry, choose_source
+from whisperctl.fetch.sources import choose_source
+from whisperctl.fetch.sources.oci import OCIRegistry
 from whisperctl.fetch.transfer import TransferOptions
 
 from .helpers import Cli, Sleeps, file_sha256, sha256_hex

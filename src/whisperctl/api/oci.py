@@ -9,7 +9,6 @@ or missing one stops the run before anything is sent or written.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -175,6 +174,8 @@ def push(
         mount_from=mount_from,
         stop=stop,
     )
+    import asyncio  # here: `whisperctl --help`, `list` and `path` never start an event loop's imports
+
     records = asyncio.run(_push_all(ref.display, entries, options, client, progress))
     return PushReport(ref.display, records)
 

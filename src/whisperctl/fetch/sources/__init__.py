@@ -18,9 +18,6 @@ from whisperctl.errors import UsageError, quoted
 from whisperctl.fetch.sources.base import Fetched, Network, Request, Source
 from whisperctl.fetch.sources.directory import DirectoryMirror
 from whisperctl.fetch.sources.http import HTTPMirror, OfficialSource
-from whisperctl.fetch.sources.oci import OCIRegistry
-from whisperctl.fetch.sources.oci_layout import OCILayoutMirror
-from whisperctl.store.oci_layout import is_layout
 
 __all__ = [
     "MIRROR_ENV",
@@ -29,8 +26,6 @@ __all__ = [
     "HTTPMirror",
     "Mirror",
     "Network",
-    "OCILayoutMirror",
-    "OCIRegistry",
     "OfficialSource",
     "Request",
     "Source",
@@ -55,6 +50,9 @@ def choose_source(item: str) -> Source:
     if scheme in ("http", "https"):
         return HTTPMirror(item)
     if scheme in ("oci", "oci+http", "oci+https"):
+        # Imported only for an oci:// mirror: the registry client (auth, helpers) costs start-up time.
+        from whisperctl.fetch.sources.oci import OCIRegistry
+
         return OCIRegistry(item)
     if scheme == "file":
         return _directory(item, Path(unquote(urlsplit(item).path)))
@@ -72,7 +70,13 @@ def choose_source(item: str) -> Source:
 
 def _directory(item: str, path: Path) -> Source:
     """An OCI image layout when ``path`` has an ``oci-layout`` file, else a mirror tree."""
-    return OCILayoutMirror(item, path) if is_layout(path) else DirectoryMirror(item, path)
+    from whisperctl.store.oci_layout import is_layout
+
+    if is_layout(path):
+        from whisperctl.fetch.sources.oci_layout import OCILayoutMirror
+
+        return OCILayoutMirror(item, path)
+    return DirectoryMirror(item, path)
 
 
 def parse_mirrors(values: Sequence[str]) -> tuple[Source, ...]:
