@@ -1,0 +1,114 @@
+"""A :class:`~.base.ModelFile`'s tensors as PyTorch tensors, mapped from its files, in openai-whisper's names.
+
+Raw-array formats (safetensors, CTranslate2, ggml) are mapped privately (copy-on-write, ``MAP_PRIVATE``) and
+each tensor is a view of the mapping: nothing is read before it is touched, and nothing is copied unless the
+bytes are misaligned for their dtype. Pickle zips (``.pt``, ``pytorch_model.bin``) go through PyTorch's
+weights-only loader with ``mmap=True``. The mappings live as long as the tensors do.
+"""
+
+from __future__ import annotations
+
+import mmap
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from whisperctl.errors import IntegrityError
+from whisperctl.models.formats.base import ModelFile, Span, TensorInfo
+
+__all__ = ["TORCH_DTYPES", "open_weights"]
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+def open_weights(model: ModelFile) -> dict[str, torch.Tensor]:
+    """Every tensor of ``model``, keyed by openai-whisper name, with the shapes its reader announced.
+
+    Raises :class:`IntegrityError` (exit 4) when a file changed since it was read (shorter than a span) or
+    PyTorch refuses a pickle.
+    """
+    maps: dict[Path, mmap.mmap] = {}
+    pickled: dict[Path, dict[str, Any]] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, info in model.tensors.items():
+        if info.span is None:
+            source = model.files[0] if len(model.files) == 1 else None
+            if source is None:
+                raise ValueError(f"{model.path}: {name} has no span and the model has several files")
+            if source not in pickled:
+                pickled[source] = _torch_load(source)
+            out[name] = _from_pickle(model, pickled[source], name, info)
+        else:
+            span = info.span
+            if span.file not in maps:
+                maps[span.file] = _map(span.file)
+            out[name] = _from_span(maps[span.file], span, info, name)
+    return out
+
+
+def _map(path: Path) -> mmap.mmap:
+    try:
+        with open(path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path}: cannot be mapped ({exc}); check the file") from None
+
+
+def _from_span(mm: mmap.mmap, span: Span, info: TensorInfo, name: str) -> torch.Tensor:
+    dtype = TORCH_DTYPES[span.dtype]
+    count = span.nbytes // dtype.itemsize
+    if span.offset < 0 or span.offset + span.nbytes > len(mm):
+        raise IntegrityError(
+            f"{span.file}: {name} lies past the end of the file (changed since it was read?); read it again"
+        )
+    if span.offset % dtype.itemsize:
+        # Misaligned for its dtype: a copy of this one tensor.
+        raw = bytearray(mm[span.offset : span.offset + span.nbytes])
+        flat = torch.frombuffer(raw, dtype=dtype, count=count) if count else torch.empty(0, dtype=dtype)
+    else:
+        flat = torch.frombuffer(mm, dtype=dtype, count=count, offset=span.offset)
+    tensor = flat.view(span.shape)
+    if span.rows is not None:
+        tensor = tensor[span.rows[0] : span.rows[1]]
+    if tuple(tensor.shape) != info.shape:
+        tensor = tensor.reshape(info.shape)
+    return tensor
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IntegrityError(
+            f"{path}: refused by PyTorch's weights-only loader ({first}); load only files you trust"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IntegrityError(f"{path}: PyTorch cannot read it ({first}); download it again") from None
+    if not isinstance(obj, dict):
+        raise IntegrityError(f"{path}: PyTorch read {type(obj).__name__}, not a dict of tensors")
+    return obj
+
+
+def _from_pickle(model: ModelFile, obj: dict[str, Any], name: str, info: TensorInfo) -> torch.Tensor:
+    table = obj.get("model_state_dict", obj) if model.format == "openai" else obj
+    tensor = table.get(info.source) if isinstance(table, dict) else None
+    if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != info.shape:
+        raise IntegrityError(
+            f"{model.path}: {info.source} is not what its pickle said when read (changed?); read it again"
+        )
+    return tensor
