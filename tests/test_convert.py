@@ -181,3 +181,26 @@ def test_a_name_is_downloaded_verified_then_converted(
         written[k].dtype == torch.float32 and torch.equal(written[k].half(), v) for k, v in original.items()
     )
     assert record.peak_rss_bytes > 0 and record.seconds > 0
+
+
+def test_a_missing_extra_is_one_line_naming_the_install(
+    source: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ctranslate2", "ctranslate2.specs"):  # as if not installed: importing it fails
+        monkeypatch.setitem(sys.modules, name, None)
+    r = cli("convert", str(source), str(tmp_path / "ct2"), "--to", "ct2")
+    assert r.exit_code == 2 and "pip install 'whisperctl[ct2]'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    error = writers.dependency_error("hf", ModuleNotFoundError("no safetensors", name="safetensors"))
+    assert str(error) == "converting to hf needs safetensors: pip install 'whisperctl[hf]'"
+
+
+def test_a_writer_module_that_is_not_there_is_a_usage_error(
+    source: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = writers.WriterSpec("whisperctl.models.formats.no_such_write", None, directory=False)
+    monkeypatch.setitem(writers.WRITERS, "ggml", gone)
+    r = cli("convert", str(source), str(tmp_path / "g.bin"), "--to", "ggml")
+    assert r.exit_code == 2 and "no ggml writer" in r.stderr
+    assert not (tmp_path / "g.bin").exists()

@@ -198,3 +198,16 @@ def test_info_of_a_cached_name_takes_parameters_and_languages_from_the_file(
     total = count_parameters(ENGLISH).total
     assert f"parameters       {total:,} total" in r.stdout and "(from the file)" in r.stdout
     assert "languages        English (n_vocab 51864 in the file)" in r.stdout
+
+
+def test_in_memory_and_verify_on_a_directory(converted: dict[str, Path], cli: Cli) -> None:
+    loaded = whisperctl.load(converted["hf"], device="cpu", dtype="fp16", in_memory=True)
+    assert loaded.report.format == "hf" and not loaded.report.mapped
+    mapped = whisperctl.load(converted["hf"], device="cpu", dtype="fp16")
+    assert mapped.report.mapped
+    for a, b in zip(loaded.model.parameters(), mapped.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    r = cli("info", str(converted["ct2"]), "--verify")
+    assert r.exit_code == 2 and "sha256sum -c SHA256SUMS" in r.stderr
+    r = cli("load", str(converted["ct2"]), "--sha256", "0" * 64)
+    assert r.exit_code == 2 and "is a directory" in r.stderr
