@@ -1,4 +1,4 @@
-"""CTranslate2 directories: the real tiny.en read, a random model written and judged by ctranslate2 and faster-whisper."""
+"""CTranslate2 directories: tiny.en read; a random model written, judged by ctranslate2 and faster-whisper."""
 
 from __future__ import annotations
 
