@@ -474,3 +474,44 @@ def test_real_tiny_en_from_ctranslate2_is_heard_by_whisper_cpp(tmp_path: Path) -
     heard = done.stdout.lower()
     # espeak-ng's voice is hard on tiny.en; these words it hears (it may hear "round" for "brown").
     assert all(word in heard for word in ("quick", "fox", "lazy dog", "shore")), heard
+
+
+# -- streaming: the input's pages leave the process as they are written -----------------------------------
+
+
+def _resident(path: Path) -> int:
+    """Bytes of ``path``'s mappings resident in this process (Linux's /proc/self/smaps)."""
+    total, current = 0, False
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                current = line.rstrip("\n").endswith(str(path))
+            elif current and fields[:1] == ["Rss:"]:
+                total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pages are released on Linux only")
+def test_written_pages_leave_the_process(source: Path, tmp_path: Path) -> None:
+    model = openai.read(source)
+    weights = open_weights(model)
+    sum(float(t.float().sum()) for t in weights.values())  # every page read once, as a writer reads it
+    assert _resident(source) > 0.9 * model.tensor_bytes
+    ggml_write.write(model, weights, tmp_path / "out.bin", dtype="float16")
+    assert _resident(source) < 0.25 * model.tensor_bytes
+    # Dropped pages are read again from the file when touched: nothing changed.
+    original = _source_tensors(source)
+    assert all(torch.equal(weights[k], original[k]) for k in original)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pages are released on Linux only")
+def test_weights_changed_in_place_are_written_and_kept(source: Path, tmp_path: Path) -> None:
+    model = openai.read(source)
+    weights = open_weights(model)
+    embedding = weights["decoder.token_embedding.weight"]
+    embedding.mul_(2)  # a copy-on-write change of the mapping: releasing its pages would undo it
+    doubled = embedding.clone()
+    out = ggml_write.write(model, weights, tmp_path / "out.bin", dtype="float16")[0]
+    assert torch.equal(weights["decoder.token_embedding.weight"], doubled)
+    assert torch.equal(open_weights(ggml.read(out))["decoder.token_embedding.weight"], doubled)
