@@ -162,6 +162,35 @@ def test_multilingual_vocabulary(tmp_path: Path) -> None:
     assert dict(model.details)["vocabulary"] == "50,257 tokens"
 
 
+def test_vocabulary_of_whisper_cpps_published_files(written: dict[str, Path], tmp_path: Path) -> None:
+    """whisper.cpp's published English files hold one token more (its older converter kept <|endoftext|>)."""
+    good = written["float16"]
+    model = ggml.read(good)
+    data = bytearray(good.read_bytes())
+    (count,) = struct.unpack_from("<i", data, MEL_END)
+    struct.pack_into("<i", data, MEL_END, count + 1)
+    at = _header_offset(model, "encoder.positional_embedding")
+    data[at:at] = struct.pack("<i", 13) + b"<|endoftext|>"
+    published = tmp_path / "published.bin"
+    published.write_bytes(bytes(data))
+    again = ggml.read(published)
+    assert dict(again.details)["vocabulary"] == "50,257 tokens"
+    theirs, ours = open_weights(again), open_weights(model)
+    assert all(torch.equal(theirs[k], ours[k]) for k in ours)
+
+
+def test_reader_does_not_import_torch(written: dict[str, Path]) -> None:
+    code = (
+        "import sys; from pathlib import Path; from whisperctl.models.formats import ggml; "
+        f"m = ggml.read(Path({str(written['float16'])!r})); "
+        "assert 'torch' not in sys.modules and 'numpy' not in sys.modules; print(len(m.tensors))"
+    )
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(len(state_dict_shapes(SMALL)))
+
+
 def test_sniff() -> None:
     assert ggml.sniff(b"lmgg\x98\xca\x00\x00")
     assert not ggml.sniff(b"PK\x03\x04")
