@@ -525,7 +525,4 @@ def _open_state_dict(model: ModelFile, in_memory: bool) -> dict[str, Tensor]:
     from whisperctl.models.formats.weights import open_weights
 
     weights = open_weights(model)
-    if in_memory:
-        for key in list(weights):
-            weights[key] = weights[key].clone()
-    return weights
+    return {key: t.clone() if in_memory else t for key, t in weights.items()}

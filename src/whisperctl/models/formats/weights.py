@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import mmap
 import pickle
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from whisperctl.errors import IntegrityError
 from whisperctl.models.formats.base import ModelFile, Span, TensorInfo
 
-__all__ = ["TORCH_DTYPES", "open_weights"]
+__all__ = ["TORCH_DTYPES", "Weights", "open_weights"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -34,29 +35,57 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def open_weights(model: ModelFile) -> dict[str, torch.Tensor]:
+def open_weights(model: ModelFile) -> Weights:
     """Every tensor of ``model``, keyed by openai-whisper name, with the shapes its reader announced.
 
     Raises :class:`IntegrityError` (exit 4) when a file changed since it was read (shorter than a span) or
     PyTorch refuses a pickle.
     """
-    maps: dict[Path, mmap.mmap] = {}
-    pickled: dict[Path, dict[str, Any]] = {}
-    out: dict[str, torch.Tensor] = {}
-    for name, info in model.tensors.items():
+    return Weights(model)
+
+
+class Weights(Mapping[str, torch.Tensor]):
+    """A model's tensors, made when asked for: a view of the mapped file is made once and kept (it costs
+    nothing), while a tensor stored misaligned for its dtype (ggml and CTranslate2 pack their arrays) is
+    copied anew at each access and not kept, so that a writer going tensor by tensor holds one copy at a
+    time, not 60% of a large model. A change made in place to such a copy is therefore not kept either."""
+
+    def __init__(self, model: ModelFile) -> None:
+        self.model = model
+        self._maps: dict[Path, mmap.mmap] = {}
+        self._pickled: dict[Path, dict[str, Any]] = {}
+        self._views: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        view = self._views.get(name)
+        if view is not None:
+            return view
+        info = self.model.tensors[name]  # KeyError for a name the model does not have
         if info.span is None:
-            source = model.files[0] if len(model.files) == 1 else None
-            if source is None:
-                raise ValueError(f"{model.path}: {name} has no span and the model has several files")
-            if source not in pickled:
-                pickled[source] = _torch_load(source)
-            out[name] = _from_pickle(model, pickled[source], name, info)
+            tensor = _from_pickle(self.model, self._pickle(name), name, info)
         else:
             span = info.span
-            if span.file not in maps:
-                maps[span.file] = _map(span.file)
-            out[name] = _from_span(maps[span.file], span, info, name)
-    return out
+            if span.file not in self._maps:
+                self._maps[span.file] = _map(span.file)
+            tensor = _from_span(self._maps[span.file], span, info, name)
+            if span.offset % TORCH_DTYPES[span.dtype].itemsize:
+                return tensor  # a copy: not kept
+        self._views[name] = tensor
+        return tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.model.tensors)
+
+    def __len__(self) -> int:
+        return len(self.model.tensors)
+
+    def _pickle(self, name: str) -> dict[str, Any]:
+        if len(self.model.files) != 1:
+            raise ValueError(f"{self.model.path}: {name} has no span and the model has several files")
+        source = self.model.files[0]
+        if source not in self._pickled:
+            self._pickled[source] = _torch_load(source)
+        return self._pickled[source]
 
 
 def _map(path: Path) -> mmap.mmap:
