@@ -52,7 +52,7 @@ def convert(src: Path, out: Path, to: str, *options: str) -> Path:
 
 
 def heads_of(config: Path) -> list[list[int]]:
-    """The alignment heads in a generation_config.json (HF) or config.json (CT2), sorted: order means nothing."""
+    """The alignment heads in a generation_config.json (HF) or config.json (CT2), sorted (order is moot)."""
     pairs = json.loads(config.read_text())["alignment_heads"]
     return sorted([int(layer), int(head)] for layer, head in pairs)
 
