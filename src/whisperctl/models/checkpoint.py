@@ -18,15 +18,16 @@ import io
 import pickle
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from whisperctl.errors import IntegrityError
 from whisperctl.models.dims import ModelDimensions, count_parameters, state_dict_shapes
 
-__all__ = ["Checkpoint", "TensorMeta", "check_size", "check_tensors", "read_checkpoint"]
+__all__ = ["Checkpoint", "TensorMeta", "TensorTable", "check_size", "check_tensors", "read_checkpoint"]
 
 # The legacy storage classes that torch.save names for each dtype, and their element sizes.
 _STORAGES: dict[str, tuple[str, int]] = {
@@ -99,6 +100,29 @@ class Checkpoint:
     @property
     def tensor_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
+
+
+class _Tensor(Protocol):
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> str: ...
+
+
+class TensorTable(Protocol):
+    """What the checks need of a model read from a file: a :class:`Checkpoint`, or a
+    :class:`~whisperctl.models.formats.base.ModelFile` of any format."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def dims(self) -> ModelDimensions: ...
+    @property
+    def tensors(self) -> Mapping[str, _Tensor]: ...
+    @property
+    def tensor_bytes(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -246,7 +270,7 @@ def _checkpoint(path: Path, size: int, obj: Any, records: dict[str, int], prefix
     return Checkpoint(path=path, size_bytes=size, dims=dims, tensors=tensors)
 
 
-def check_tensors(ckpt: Checkpoint) -> list[str]:
+def check_tensors(ckpt: TensorTable) -> list[str]:
     """Every way the tensors disagree with the dims: missing, unexpected, wrongly shaped, not floating point.
 
     An empty list means that a model built from ``ckpt.dims`` loads the state dict strictly. Dims that
@@ -281,12 +305,12 @@ def check_tensors(ckpt: Checkpoint) -> list[str]:
     return [size, *problems] if size else problems
 
 
-def check_size(ckpt: Checkpoint) -> str | None:
+def check_size(ckpt: TensorTable) -> str | None:
     """A dims/file-size mismatch too large to be a matter of shapes, said before anything is allocated."""
     total = count_parameters(ckpt.dims).total
     if total * 2 > ckpt.size_bytes:  # even at 2 bytes a parameter, the file cannot hold them
         return (
             f"its dims describe {total:,} parameters (at least {total * 2:,} bytes) "
-            f"but the file is {ckpt.size_bytes:,} bytes"
+            f"but its files hold {ckpt.size_bytes:,} bytes"
         )
     return None

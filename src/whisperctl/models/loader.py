@@ -1,12 +1,14 @@
-"""Load a Whisper checkpoint into a model: checked first, weights-only, memory-mapped, built without init.
+"""Load a Whisper model of any format into a model: checked first, weights-only, memory-mapped, built without
+init.
 
 The steps, each timed in the :class:`LoadReport`:
 
 ``open``
-    :func:`.checkpoint.read_checkpoint` reads the zip directory and the pickle (no weights) with
-    an unpickler that knows only tensors and plain data, and every disagreement between ``dims`` and the
-    tensors is reported in one message, before anything is allocated. Then ``torch.load(weights_only=True,
-    mmap=True)`` maps the file: the state dict's tensors are views of the page cache, read on first touch.
+    :func:`.formats.read_model` reads the headers only (for ``.pt``, the zip directory and the pickle, with
+    an unpickler that knows only tensors and plain data), and every disagreement between ``dims`` and the
+    tensors is reported in one message, before anything is allocated. Then the files are mapped: for
+    ``.pt``, ``torch.load(weights_only=True, mmap=True)``; for safetensors, CTranslate2 and ggml, views of
+    private mappings (:func:`.formats.weights.open_weights`). Tensors are read on first touch.
 ``build``
     The model is built with its parameters on ``meta`` (no memory, no random initialisation); for an
     openai-whisper model (``into="whisper"``), with its own classes and its initialisers skipped.
@@ -41,8 +43,9 @@ import torch
 from torch import Tensor, nn
 
 from whisperctl.errors import DeviceError, IntegrityError, UsageError
-from whisperctl.models.checkpoint import Checkpoint, check_tensors, read_checkpoint
-from whisperctl.models.dims import ParameterCounts
+from whisperctl.models.checkpoint import TensorTable, check_tensors
+from whisperctl.models.dims import ModelDimensions, ParameterCounts
+from whisperctl.models.formats import ModelFile, read_model
 
 __all__ = [
     "DTYPES",
@@ -52,13 +55,20 @@ __all__ = [
     "Loaded",
     "PartReport",
     "available_devices",
+    "heads_device",
     "load_checkpoint",
     "resolve_device",
     "resolve_dtype",
 ]
 
 Into = Literal["whisperctl", "whisper"]
-HeadsSource = Literal["official", "registry", "default"]
+# Where the alignment heads came from: the registry entry (official or the user's registry file), the default
+# (every head of the last half of the decoder layers), or a file of the model itself (its reader's
+# ``heads_origin``: HF's generation_config.json, CTranslate2's config.json, a ggml or .pt checkpoint).
+HeadsSource = Literal[
+    "official", "registry", "default", "generation_config.json", "config.json", "checkpoint"
+]
+_FILE_ORIGINS: tuple[HeadsSource, ...] = ("generation_config.json", "config.json", "checkpoint")
 
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -104,6 +114,7 @@ class LoadReport:
     peak_gpu_bytes: int | None
     checkpoint_dtype: str = ""
     mapped: bool = False  # weights still mapped from the file (same dtype on the CPU, not in_memory)
+    format: str = "openai"  # of the model read: openai, hf, ct2 or ggml
 
 
 @dataclass
@@ -175,7 +186,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def validate(ckpt: Checkpoint) -> None:
+def validate(ckpt: TensorTable) -> None:
     """Refuse, in one message and before any allocation, a checkpoint that cannot load strictly."""
     problems = check_tensors(ckpt)
     if problems:
@@ -236,7 +247,7 @@ class _SkipInit(torch.overrides.TorchFunctionMode):  # type: ignore[misc]
         return func(*args, **(kwargs or {}))
 
 
-def _build(ckpt: Checkpoint, into: Into) -> nn.Module:
+def _build(dims: ModelDimensions, into: Into) -> nn.Module:
     if into == "whisper":
         try:
             import whisper.model as wm  # type: ignore[import-untyped]
@@ -245,37 +256,35 @@ def _build(ckpt: Checkpoint, into: Into) -> nn.Module:
                 "into='whisper' needs openai-whisper, which is not installed: pip install openai-whisper"
             ) from None
         with _SkipInit():
-            return wm.Whisper(wm.ModelDimensions(**ckpt.dims.as_dict()))
+            return wm.Whisper(wm.ModelDimensions(**dims.as_dict()))
     from whisperctl.models.transformer import Whisper
 
-    return Whisper(ckpt.dims, device="meta")
+    return Whisper(dims, device="meta")
 
 
 class _Releaser:
     """Drops already-converted file pages from this process: ``madvise(MADV_DONTNEED)`` on the mapping.
 
-    Only for ranges inside the private mapping of the checkpoint file itself (found in /proc/self/maps by
-    inode), where the kernel refills a dropped page from the file should anything read it again; never on
-    anonymous memory, where it would zero data. Elsewhere than Linux it does nothing.
+    Only for ranges inside the private mappings of the model's own files (every shard, found in
+    /proc/self/maps by device and inode), where the kernel refills a dropped page from the file should
+    anything read it again; never on anonymous memory, where it would zero data. Elsewhere than Linux it
+    does nothing.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, paths: tuple[Path, ...]) -> None:
         self.ranges: list[tuple[int, int]] = []
         self._madvise: Any = None
         if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
             return
         try:
-            st = path.stat()
-            dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
+            files = set()
+            for path in paths:
+                st = path.stat()
+                files.add((f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}", str(st.st_ino)))
             with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
                 for line in maps:
                     parts = line.split()
-                    if (
-                        len(parts) >= 6
-                        and parts[4] == str(st.st_ino)
-                        and parts[3] == dev
-                        and parts[1][3] == "p"
-                    ):
+                    if len(parts) >= 6 and (parts[3], parts[4]) in files and parts[1][3] == "p":
                         lo, hi = (int(x, 16) for x in parts[0].split("-"))
                         self.ranges.append((lo, hi))
             libc = ctypes.CDLL(None, use_errno=True)
@@ -302,12 +311,15 @@ def _convert(
     release: Callable[[Tensor], None],
     keep_fp32: Callable[[nn.Module], bool],
 ) -> None:
-    """Every floating tensor to ``dtype`` on ``device``, one at a time, releasing each source as it goes."""
+    """Every floating tensor to ``dtype`` on ``device``, one at a time, releasing each source as it goes.
+
+    Sparse buffers (openai-whisper's ``alignment_heads``) are left alone: :func:`_set_heads` places them.
+    """
     with torch.no_grad():
         for module in model.modules():
             for table in (module._parameters, module._buffers):
                 for key, tensor in list(table.items()):
-                    if tensor is None:
+                    if tensor is None or tensor.layout != torch.strided:
                         continue
                     target = dtype
                     if not tensor.is_floating_point() or (keep_fp32(module) and table is module._parameters):
@@ -364,7 +376,19 @@ def _timer(seconds: dict[str, float], phase: str) -> Iterator[None]:
         seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
-def _set_heads(model: nn.Module, into: Into, pairs: tuple[tuple[int, int], ...] | None) -> int:
+def heads_device(device: torch.device) -> torch.device:
+    """Where openai-whisper's sparse ``alignment_heads`` buffer can live when the model is on ``device``.
+
+    PyTorch's MPS backend holds no sparse tensors (moving one raises), and openai-whisper's word timestamps
+    read the buffer with ``.indices()``, which needs it sparse: on MPS it stays on the CPU, where
+    ``timing.find_alignment`` only uses its indices to pick heads. Elsewhere it goes with the model.
+    """
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+def _set_heads(
+    model: nn.Module, into: Into, pairs: tuple[tuple[int, int], ...] | None, device: torch.device
+) -> int:
     if into == "whisperctl":
         if pairs:
             model.set_alignment_heads(pairs)
@@ -376,19 +400,20 @@ def _set_heads(model: nn.Module, into: Into, pairs: tuple[tuple[int, int], ...] 
             mask[layer, head] = True
     else:
         mask[dims.n_text_layer // 2 :] = True
-    device = model.alignment_heads.device
-    model.register_buffer("alignment_heads", mask.to_sparse().to(device), persistent=False)
+    model.register_buffer("alignment_heads", mask.to_sparse().to(heads_device(device)), persistent=False)
     return int(mask.sum())
 
 
-def _check_heads(path: Path, ckpt: Checkpoint, heads: tuple[tuple[int, int], ...] | None) -> None:
-    """Alignment heads asked for must lie inside the checkpoint's decoder."""
-    dims = ckpt.dims
+def _check_heads(
+    model: ModelFile, heads: tuple[tuple[int, int], ...] | None, fix: str = "fix the registry entry"
+) -> None:
+    """Alignment heads asked for must lie inside the model's decoder."""
+    dims = model.dims
     bad = [p for p in heads or () if not (0 <= p[0] < dims.n_text_layer and 0 <= p[1] < dims.n_text_head)]
     if bad:
         raise IntegrityError(
-            f"{path}: alignment heads {bad[:3]} lie outside its decoder "
-            f"({dims.n_text_layer} layers x {dims.n_text_head} heads); fix the registry entry"
+            f"{model.path}: alignment heads {bad[:3]} lie outside its decoder "
+            f"({dims.n_text_layer} layers x {dims.n_text_head} heads); {fix}"
         )
 
 
@@ -403,7 +428,7 @@ def _keeps_fp32(into: Into) -> Callable[[nn.Module], bool]:
 
 
 def load_checkpoint(
-    path: Path | str,
+    path: Path | str | ModelFile,
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
@@ -415,13 +440,14 @@ def load_checkpoint(
     integrity: str = "not checked",
     seconds: dict[str, float] | None = None,
 ) -> Loaded:
-    """Load a checkpoint file into a ready model on ``device``; see the module docstring for the steps.
+    """Load a model of any format (a path, or a :class:`ModelFile` already read) into a ready model on
+    ``device``; see the module docstring for the steps.
 
     ``alignment_heads`` are ``(layer, head)`` pairs (``None``: the default, all heads of the last half of the
-    decoder layers). Raises :class:`IntegrityError` (exit 4) for a file that is not a well-formed Whisper
-    checkpoint or that tries to run code, :class:`DeviceError` (exit 7) for an unavailable device.
+    decoder layers); heads that the model's own files carry (HF, CTranslate2) take precedence. Raises
+    :class:`IntegrityError` (exit 4) for a file that is not a well-formed Whisper model or that tries to run
+    code, :class:`DeviceError` (exit 7) for an unavailable device.
     """
-    path = Path(path)
     seconds = dict(seconds or {})
     target_dtype = resolve_dtype(dtype)
     target = resolve_device(device)
@@ -429,22 +455,26 @@ def load_checkpoint(
         torch.cuda.reset_peak_memory_stats(target)
     started = time.perf_counter()
     with _timer(seconds, "open"):
-        ckpt = read_checkpoint(path)
-        validate(ckpt)
-        _check_heads(path, ckpt, alignment_heads)
-        checkpoint = _torch_load(path, in_memory)
-        state_dict = checkpoint["model_state_dict"]
-        release: Callable[[Tensor], None] = (lambda _: None) if in_memory else _Releaser(path)
+        model_file = path if isinstance(path, ModelFile) else read_model(path)
+        validate(model_file)
+        if model_file.alignment_heads is not None:
+            alignment_heads = model_file.alignment_heads
+            heads_source = _file_source(model_file.heads_origin)
+            _check_heads(model_file, alignment_heads, "fix its " + heads_source)
+        else:
+            _check_heads(model_file, alignment_heads)
+        state_dict = _open_state_dict(model_file, in_memory)
+        release: Callable[[Tensor], None] = (lambda _: None) if in_memory else _Releaser(model_file.files)
     with _timer(seconds, "build"):
-        model = _build(ckpt, into)
+        model = _build(model_file.dims, into)
     with _timer(seconds, "attach"):
         model.load_state_dict(state_dict, strict=True, assign=True)
-        del checkpoint, state_dict
+        del state_dict
     with _timer(seconds, "move"):
         _convert(model, target, target_dtype, release, _keeps_fp32(into))
         if into == "whisperctl":
             model.materialize_buffers(target)
-        heads = _set_heads(model, into, alignment_heads)
+        heads = _set_heads(model, into, alignment_heads, target)
         if target.type == "cuda":
             torch.cuda.synchronize(target)
     seconds["total"] = (
@@ -452,15 +482,15 @@ def load_checkpoint(
     )
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:  # a bug, not a bad file: say so plainly
-        raise RuntimeError(f"whisperctl left tensors on meta after loading {path}: {leftover[:3]}")
+        raise RuntimeError(f"whisperctl left tensors on meta after loading {model_file.path}: {leftover[:3]}")
     params = ParameterCounts(
         encoder=sum(p.numel() for p in model.encoder.parameters()),
         decoder=sum(p.numel() for p in model.decoder.parameters()),
     )
-    mapped = not in_memory and target.type == "cpu" and target_dtype == _checkpoint_dtype(ckpt)
+    mapped = not in_memory and target.type == "cpu" and target_dtype == DTYPES.get(model_file.dtype)
     report = LoadReport(
         name=name,
-        path=path,
+        path=model_file.path,
         into=into,
         device=str(target),
         dtype=_dtype_name(target_dtype),
@@ -472,11 +502,29 @@ def load_checkpoint(
         seconds={k: round(v, 4) for k, v in seconds.items()},
         peak_rss_bytes=_peak_rss(),
         peak_gpu_bytes=torch.cuda.max_memory_allocated(target) if target.type == "cuda" else None,
-        checkpoint_dtype=ckpt.dtype,
+        checkpoint_dtype=model_file.dtype,
         mapped=mapped,
+        format=model_file.format,
     )
     return Loaded(model=model, report=report)
 
 
-def _checkpoint_dtype(ckpt: Checkpoint) -> torch.dtype | None:
-    return DTYPES.get(ckpt.dtype)
+def _file_source(origin: str | None) -> HeadsSource:
+    """The report's name for a file origin of alignment heads (its reader's ``heads_origin``)."""
+    return next((o for o in _FILE_ORIGINS if o == origin), "checkpoint")
+
+
+def _open_state_dict(model: ModelFile, in_memory: bool) -> dict[str, Tensor]:
+    """The model's tensors by openai-whisper name: for ``.pt``, ``torch.load`` of the file (mapped, or read
+    into memory); for the other formats, views of the mapped files (copied into memory with ``in_memory``)."""
+    if model.format == "openai":
+        checkpoint = _torch_load(model.files[0], in_memory)
+        state_dict: dict[str, Tensor] = checkpoint["model_state_dict"]
+        return state_dict
+    from whisperctl.models.formats.weights import open_weights
+
+    weights = open_weights(model)
+    if in_memory:
+        for key in list(weights):
+            weights[key] = weights[key].clone()
+    return weights

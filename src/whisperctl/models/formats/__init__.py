@@ -53,7 +53,8 @@ def detect(path: Path) -> FormatName:
             f"{path}: a safetensors file, which needs the config.json beside it; give its directory "
             f"({path.parent})"
         )
-    if openai.sniff(head):
+    if openai.sniff(head) or head.startswith(b"\x80") or (head and path.suffix == ".pt"):
+        # A bare pickle (a legacy torch.save) or a .pt that is no zip is for the openai reader to name.
         return "openai"
     what = "an empty file" if not head else "not a checkpoint of any format whisperctl reads"
     raise IntegrityError(
