@@ -16,6 +16,7 @@ a child process: a model it cannot load may abort the process rather than raise.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -166,12 +167,22 @@ def test_hf_converted_to_ct2_gives_ctranslate2_the_same_encoder_output(
     assert WhisperModel(str(out), device="cpu", compute_type="float32").model.is_multilingual
 
 
-WHISPER_CPP_LOAD = r"""
+# pywhispercpp's Model() returns even when whisper.cpp failed to load the file (it logs "failed to load
+# model"): the header it read is taken from its log, and a second of silence is transcribed (all tensors run).
+WHISPER_CPP_RUN = r"""
 import sys
+import numpy as np
 from pywhispercpp.model import Model
 model = Model(sys.argv[1], n_threads=1)
-print("loaded")
+segments = model.transcribe(np.zeros(16000, dtype=np.float32))
+print("ran", len(segments))
 """
+
+
+def whisper_cpp_header(log: str) -> dict[str, int]:
+    """The hyperparameters whisper.cpp logged as it loaded a model (``whisper_model_load: n_vocab = ...``)."""
+    found = re.findall(r"whisper_model_load: (n_\w+)\s*=\s*(\d+)", log)
+    return {key: int(value) for key, value in found}
 
 
 def test_hf_converted_to_ggml_loads_in_whisper_cpp(
@@ -180,9 +191,25 @@ def test_hf_converted_to_ggml_loads_in_whisper_cpp(
     lab.need("pywhispercpp")
     out = convert(hf_dir, work / "ggml-random.bin", "ggml")
     done = subprocess.run(
-        [sys.executable, "-c", WHISPER_CPP_LOAD, str(out)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", WHISPER_CPP_RUN, str(out)], capture_output=True, text=True, timeout=120
     )
-    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0 and "ran" in done.stdout, done.stderr[-2000:]
+    assert "failed to load" not in done.stderr, done.stderr[-2000:]
+    header = whisper_cpp_header(done.stderr)
+    small = lab.SMALL
+    assert header == {
+        "n_vocab": small["vocab_size"],
+        "n_audio_ctx": small["max_source_positions"],
+        "n_audio_state": small["d_model"],
+        "n_audio_head": small["encoder_attention_heads"],
+        "n_audio_layer": small["encoder_layers"],
+        "n_text_ctx": small["max_target_positions"],
+        "n_text_state": small["d_model"],
+        "n_text_head": small["decoder_attention_heads"],
+        "n_text_layer": small["decoder_layers"],
+        "n_mels": small["num_mel_bins"],
+        "n_langs": 99,
+    }, done.stderr[-2000:]
     # And whisperctl reads it back to the same model: ggml f16 holds these weights exactly.
     import whisperctl
 
@@ -273,7 +300,8 @@ def test_tiny_en_is_heard_alike_by_openai_whisper_whisper_cpp_and_faster_whisper
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0 and "failed to load" not in done.stderr, done.stderr[-2000:]
+    assert whisper_cpp_header(done.stderr)["n_vocab"] == 51864
     heard = {
         "openai-whisper": lab.words(openai_result[1]["text"]),
         "whisper.cpp": lab.words(" ".join(json.loads(done.stdout.strip().splitlines()[-1]))),
