@@ -27,7 +27,15 @@ from typing import Any, Protocol
 from whisperctl.errors import IntegrityError
 from whisperctl.models.dims import ModelDimensions, count_parameters, state_dict_shapes
 
-__all__ = ["Checkpoint", "TensorMeta", "TensorTable", "check_size", "check_tensors", "read_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "TensorMeta",
+    "TensorTable",
+    "check_size",
+    "check_tensors",
+    "read_checkpoint",
+    "read_state_dict",
+]
 
 # The legacy storage classes that torch.save names for each dtype, and their element sizes.
 _STORAGES: dict[str, tuple[str, int]] = {
@@ -193,6 +201,23 @@ def read_checkpoint(path: Path | str) -> Checkpoint:
     dims: see :func:`check_tensors`.
     """
     path = Path(path)
+    size, obj, records, prefix = _load(path)
+    return _checkpoint(path, size, obj, records, prefix)
+
+
+def read_state_dict(path: Path | str) -> tuple[int, dict[str, TensorMeta]]:
+    """The size and tensor list of a ``torch.save`` zip holding a flat state dict (``pytorch_model.bin``).
+
+    The same restricted unpickler and checks as :func:`read_checkpoint`, without ``dims``.
+    """
+    path = Path(path)
+    size, obj, records, prefix = _load(path)
+    if not isinstance(obj, dict):
+        raise _fail(path, f"not a state dict: it holds {type(obj).__name__}, not a dict of tensors")
+    return size, _tensors(path, obj, records, prefix)
+
+
+def _load(path: Path) -> tuple[int, Any, dict[str, int], str]:
     try:
         size = path.stat().st_size
         with zipfile.ZipFile(path) as zf:
@@ -221,7 +246,7 @@ def read_checkpoint(path: Path | str) -> Checkpoint:
         ) from None
     except Exception as exc:  # a malformed pickle stream raises anything from EOFError to TypeError
         raise _fail(path, f"the checkpoint's pickle is malformed ({type(exc).__name__}: {exc})") from None
-    return _checkpoint(path, size, obj, records, prefix)
+    return size, obj, records, prefix
 
 
 def _check_entries(path: Path, infos: list[zipfile.ZipInfo], size: int) -> dict[str, int]:
@@ -252,6 +277,11 @@ def _checkpoint(path: Path, size: int, obj: Any, records: dict[str, int], prefix
         raise _fail(path, f"bad dims: {exc}") from None
     if not isinstance(sd, dict):
         raise _fail(path, f"'model_state_dict' is {type(sd).__name__}, not a dict of tensors")
+    tensors = _tensors(path, sd, records, prefix)
+    return Checkpoint(path=path, size_bytes=size, dims=dims, tensors=tensors)
+
+
+def _tensors(path: Path, sd: dict[Any, Any], records: dict[str, int], prefix: str) -> dict[str, TensorMeta]:
     tensors: dict[str, TensorMeta] = {}
     not_tensors = []
     for key, value in sd.items():
@@ -267,7 +297,7 @@ def _checkpoint(path: Path, size: int, obj: Any, records: dict[str, int], prefix
             raise _fail(path, f"tensor {key} has no storage entry data/{t.storage_key} (truncated?)")
         if t.storage_numel * t.itemsize != stored:
             raise _fail(path, f"tensor {key}: its storage entry holds {stored} bytes, not what it declares")
-    return Checkpoint(path=path, size_bytes=size, dims=dims, tensors=tensors)
+    return tensors
 
 
 def check_tensors(ckpt: TensorTable) -> list[str]:
