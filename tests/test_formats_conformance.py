@@ -327,8 +327,10 @@ def test_word_timestamps_come_from_the_ct2_alignment_heads(
     starts = [w["start"] for w in timed]
     assert starts == sorted(starts)
     assert all(0.0 <= w["start"] <= w["end"] <= duration + 0.05 for w in timed), timed
-    # faster-whisper times the same words with the same heads (its own DTW): the two agree closely, which
-    # heads other than the model's (openai-whisper's default: the upper half of the layers) would not give.
-    theirs = [w.start for s in faster_whisper_result for w in s.words]
+    # faster-whisper times the same words with the same heads (its own DTW): the two agree to a frame or two.
+    # openai-whisper's default heads (all heads of the upper half of the layers) would put this clip's "We"
+    # 0.64 s early (measured: mean difference 0.09 s, largest 0.64 s).
+    theirs = np.array([w.start for s in faster_whisper_result for w in s.words])
     assert len(theirs) == len(starts)
-    assert float(np.mean(np.abs(np.array(theirs) - np.array(starts)))) < 0.1, (starts, theirs)
+    differences = np.abs(theirs - np.array(starts))
+    assert differences.max() <= 0.1 and differences.mean() <= 0.03, (starts, theirs.tolist())
