@@ -233,3 +233,21 @@ def random_dims() -> Any:
     from whisperctl.models.dims import ModelDimensions
 
     return ModelDimensions(80, 1500, 64, 2, 2, 51864, 448, 64, 2, 2)
+
+
+def test_special_token_ids_follow_openai_whisper() -> None:
+    from whisperctl.models.formats.tokenizer import SpecialTokens
+
+    english, multilingual, v3 = SpecialTokens(51864), SpecialTokens(51865), SpecialTokens(51866)
+    assert (english.eot, english.id("<|startoftranscript|>"), english.id("<|notimestamps|>")) == (
+        50256,
+        50257,
+        50362,
+    )
+    assert (multilingual.eot, multilingual.id("<|transcribe|>"), multilingual.id("<|0.00|>")) == (
+        50257,
+        50359,
+        50364,
+    )
+    assert multilingual.language_ids["<|en|>"] == 50259 and len(multilingual.language_ids) == 99
+    assert v3.language_ids["<|yue|>"] == 50358 and v3.id("<|transcribe|>") == 50360

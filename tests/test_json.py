@@ -33,8 +33,8 @@ from whisperctl.api.oci import LayoutRecord, LayoutReport, PushRecord, PushRepor
 from whisperctl.cli.records import VIEWS, to_json
 from whisperctl.errors import ExitCode
 from whisperctl.fetch.download import DownloadRecord, DownloadStatus
-from whisperctl.models.checkpoint import Checkpoint, TensorMeta
 from whisperctl.models.dims import ModelDimensions, ParameterCounts, count_parameters
+from whisperctl.models.formats import ModelFile, TensorInfo
 from whisperctl.models.registry import ModelSpec, Registry
 from whisperctl.store.cache import Cache, CacheEntry, Status
 from whisperctl.store.verify import VerifyRecord
@@ -49,11 +49,13 @@ def _classes() -> dict[str, type]:
         ParameterCounts,
         ModelDimensions,
         ModelSpec,
-        Checkpoint,
+        ModelFile,
         LoadReport,
         PartReport,
         CacheEntry,
         api.CheckpointInfo,
+        api.ConvertRecord,
+        api.WrittenFile,
         VerifyRecord,
         DownloadRecord,
         FrozenModel,
@@ -137,29 +139,38 @@ def test_a_model_is_one_object_with_its_cache_status(cache_dir: Path) -> None:
     assert "stamp" not in data and "spec" not in data
 
 
-def _checkpoint(tmp: Path) -> Checkpoint:
+def _checkpoint(tmp: Path) -> ModelFile:
     dims = ModelDimensions(80, 1500, 384, 6, 4, 51865, 448, 384, 6, 4)
-    tensors = {
-        "a": TensorMeta((2, 3), "float16", "0", 6, 0),
-        "b": TensorMeta((4,), "float32", "1", 4, 0),
-    }
-    return Checkpoint(tmp / "x.pt", 1234, dims, tensors)
+    tensors = {"a": TensorInfo((2, 3), "float16", "a"), "b": TensorInfo((4,), "float32", "b")}
+    return ModelFile(
+        format="hf",
+        path=tmp,
+        files=(tmp / "model.safetensors",),
+        size_bytes=1234,
+        dims=dims,
+        tensors=tensors,
+        alignment_heads=((2, 1), (3, 0)),
+        heads_origin="generation_config.json",
+        details=(("tokenizer", "tokenizer.json"),),
+    )
 
 
 def test_a_checkpoint_file_shows_counts_not_tensors(tmp_path: Path) -> None:
     ckpt = _checkpoint(tmp_path)
-    info = api.CheckpointInfo(
-        path=tmp_path / "x.pt", entry=None, checkpoint=ckpt, problems=["p"], sha256="ab"
-    )
+    info = api.CheckpointInfo(path=tmp_path, entry=None, checkpoint=ckpt, problems=["p"], sha256="ab")
     data = to_json(info)
     assert data == {
-        "path": str(tmp_path / "x.pt"),
+        "path": str(tmp_path),
+        "format": "hf",
+        "files": [str(tmp_path / "model.safetensors")],
         "size_bytes": 1234,
         "dims": ckpt.dims.as_dict(),
         "parameters": to_json(ParameterCounts(7_632_384, 29_552_256)),
         "tensors": 2,
         "dtypes": {"float16": 1, "float32": 1},
         "tensor_bytes": 2 * 6 + 4 * 4,
+        "alignment_heads": {"count": 2, "pairs": [[2, 1], [3, 0]], "origin": "generation_config.json"},
+        "details": {"tokenizer": "tokenizer.json"},
         "error": None,
         "problems": ["p"],
         "sha256": "ab",
@@ -297,6 +308,7 @@ def test_load_report_keys(tmp_path: Path) -> None:
         "peak_gpu_bytes",
         "checkpoint_dtype",
         "mapped",
+        "format",
     }
 
 

@@ -1,4 +1,4 @@
-"""whisperctl: list, download, verify, inspect and load OpenAI Whisper checkpoints.
+"""whisperctl: list, download, verify, inspect, load and convert OpenAI Whisper checkpoints.
 
 The library is quiet (it never prints) and typed; the ``whisperctl`` command is a thin layer over it.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 from whisperctl._version import __version__
 from whisperctl.api import (
     CheckpointInfo,
+    ConvertRecord,
     cache_key,
+    convert,
     disk_usage,
     download,
     export_mirror,
@@ -46,6 +48,7 @@ __all__ = [
     "CacheEntry",
     "CacheError",
     "CheckpointInfo",
+    "ConvertRecord",
     "DeviceError",
     "DownloadError",
     "ExitCode",
@@ -64,6 +67,7 @@ __all__ = [
     "WhisperctlError",
     "__version__",
     "cache_key",
+    "convert",
     "count_parameters",
     "default_cache_dir",
     "disk_usage",

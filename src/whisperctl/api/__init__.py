@@ -6,6 +6,7 @@ nothing prints. The CLI (``whisperctl.cli``) is a thin layer over these function
 
 from __future__ import annotations
 
+from whisperctl.api.convert import ConvertRecord, WrittenFile, convert
 from whisperctl.api.fleet import (
     CacheKey,
     DiskUsage,
@@ -48,6 +49,7 @@ __all__ = [
     "CacheEntry",
     "CacheKey",
     "CheckpointInfo",
+    "ConvertRecord",
     "DiskUsage",
     "ExportReport",
     "Freeze",
@@ -58,7 +60,9 @@ __all__ = [
     "RemoveReport",
     "Status",
     "VerifyRecord",
+    "WrittenFile",
     "cache_key",
+    "convert",
     "default_registry_path",
     "disk_usage",
     "download",

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from whisperctl.fetch.download import DownloadProgress, DownloadRecord, Mirror
     from whisperctl.fetch.transfer import TransferOptions
-    from whisperctl.models.checkpoint import Checkpoint
+    from whisperctl.models.formats import ModelFile
     from whisperctl.models.loader import Into, Loaded
 
 __all__ = [
@@ -217,36 +217,40 @@ def _repaired(record: VerifyRecord, fetched: DownloadRecord) -> VerifyRecord:
 
 
 def resolve_target(registry: Registry, name_or_path: PathLike) -> ModelSpec | Path:
-    """A registry name (or alias) first, as openai-whisper does, else an existing checkpoint file."""
+    """A registry name (or alias) first, as openai-whisper does, else an existing model file or directory
+    (a Hugging Face or CTranslate2 model is a directory)."""
     text = os.fspath(name_or_path)
     if isinstance(name_or_path, str) and name_or_path in registry:
         return registry.get(name_or_path)
     path = Path(text).expanduser()
     shown = text if text.isprintable() and len(text) <= 200 else quoted(text)
     try:
-        if path.is_file():
+        if path.is_file() or path.is_dir():
             return path.resolve()
         exists = path.exists()
     except OSError as exc:  # a name too long for a path, a directory that cannot be searched
         raise UsageError(
             f"{shown}: not a model name, nor a usable path ({exc.strerror or exc}); give a model name "
-            "or the path of a checkpoint (.pt) file"
+            "or the path of a model's file or directory"
         ) from None
     if exists:
-        raise UsageError(f"{shown}: not a file; give a model name or the path of a checkpoint (.pt) file")
+        raise UsageError(
+            f"{shown}: not a file nor a directory; give a model name or the path of a model's file "
+            "or directory"
+        )
     if isinstance(name_or_path, Path) or os.sep in text or "/" in text or text.endswith(".pt"):
-        raise UsageError(f"{shown}: no such checkpoint file; check the path, or give a model name")
+        raise UsageError(f"{shown}: no such file or directory; check the path, or give a model name")
     return registry.get(text)  # UnknownModelError, with suggestions
 
 
 @dataclass
 class CheckpointInfo:
-    """What ``whisperctl info`` knows of a model name or a checkpoint path (see :func:`inspect`)."""
+    """What ``whisperctl info`` knows of a model name or a model's path (see :func:`inspect`)."""
 
     path: Path
     entry: CacheEntry | None  # for a registry name
-    checkpoint: Checkpoint | None  # None when the file is missing or unreadable
-    error: str | None = None  # why the checkpoint could not be read
+    checkpoint: ModelFile | None  # the model as read from its files; None when missing or unreadable
+    error: str | None = None  # why the model could not be read
     problems: list[str] = field(default_factory=list)  # tensors vs dims, and file dims vs registry dims
     sha256: str | None = None  # measured, with hash=True
     matches: list[str] = field(default_factory=list)  # registry names with that digest
@@ -263,14 +267,17 @@ def inspect(
     registry: Registry | PathLike | None = None,
     hash: bool = False,
 ) -> CheckpointInfo:
-    """Read a checkpoint's dims and tensor list (its pickle only, no weights, no PyTorch) and check them.
+    """Read a model's dims and tensor list in any format (headers, configs and pickles only, no weights, no
+    PyTorch) and check them.
 
     For a name, the cached file is read when there is one, and its dims compared with the registry's. A
-    path that is not a readable checkpoint raises :class:`IntegrityError`; for a name the reason is
+    path that is not a readable model raises :class:`IntegrityError`; for a name the reason is
     returned in ``error`` with the registry's facts. ``hash=True`` measures the file's SHA-256 (for a name,
-    as :func:`verify` does, updating its stamp) and names the registry models that have it.
+    as :func:`verify` does, updating its stamp) and names the registry models that have it; a directory
+    cannot be hashed so (:class:`UsageError`).
     """
-    from whisperctl.models.checkpoint import check_tensors, read_checkpoint
+    from whisperctl.models.checkpoint import check_tensors
+    from whisperctl.models.formats import read_model
     from whisperctl.store.hashing import sha256_file
 
     reg, cache = open_context(cache_dir, registry)
@@ -280,8 +287,13 @@ def inspect(
     info = CheckpointInfo(path=path, entry=entry, checkpoint=None)
     if entry is not None and not entry.exists:
         return info
+    if hash and path.is_dir():
+        raise UsageError(
+            f"{path}: --verify hashes a file, and this is a directory; check its files with "
+            "`sha256sum -c SHA256SUMS` where it has one"
+        )
     try:
-        ckpt = read_checkpoint(path)
+        ckpt = read_model(path)
     except IntegrityError as exc:
         if entry is None:
             raise
@@ -381,7 +393,8 @@ def load(
     offline: bool | None = None,
     progress: DownloadProgress | None = None,
 ) -> Loaded:
-    """Load a model by name (downloaded first if needed, digest checked) or path; returns model and report.
+    """Load a model by name (downloaded first if needed, digest checked) or by path (a ``.pt`` or ggml file,
+    a Hugging Face or CTranslate2 directory); returns model and report.
 
     A name's file is checked against its digest through its stamp when the stamp still matches the file,
     by hashing it in full otherwise or with ``verify=True``. A path is loaded as it is unless ``sha256`` is
@@ -426,6 +439,8 @@ def load(
         path, name, spec = cache.path_for(target), target.name, target
     else:
         path, name, spec, integrity = target, None, None, "not checked"
+        if sha256 is not None and path.is_dir():
+            raise UsageError(f"--sha256 is for a file; {path} is a directory")
         if sha256 is not None:
             spec, integrity = _check_path_digest(reg, path, sha256, seconds)
     if spec is not None and spec.alignment_heads:
@@ -455,7 +470,8 @@ def load_model(
 ) -> Any:
     """openai-whisper's ``load_model``, with its signature: the model, on ``device``, weights checked.
 
-    ``name`` is a model name or a checkpoint path; ``download_root`` the cache directory (default: the one
+    ``name`` is a model name, or the path of a model in any format (a ``.pt`` or ggml file, a Hugging Face
+    or CTranslate2 directory); ``download_root`` the cache directory (default: the one
     openai-whisper uses). Faster and leaner than openai-whisper's (no random initialisation, no full copy
     of the file in memory). With ``into="whisper"`` the result is a ``whisper.model.Whisper``, so that
     ``model.transcribe(...)`` works unchanged.

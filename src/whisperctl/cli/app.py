@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +20,7 @@ from typer.core import TyperGroup
 
 from whisperctl import api
 from whisperctl._version import __version__
+from whisperctl.cli.convert import convert as convert_command
 from whisperctl.cli.render import (
     Bars,
     Output,
@@ -33,6 +33,7 @@ from whisperctl.cli.render import (
     render_push,
     render_remove,
 )
+from whisperctl.cli.state import State, output_of, state_of
 from whisperctl.errors import ExitCode, WhisperctlError
 
 __all__ = ["app", "main"]
@@ -55,7 +56,7 @@ class _Group(TyperGroup):
 app = typer.Typer(
     cls=_Group,
     name="whisperctl",
-    help="List, download, verify, inspect and load OpenAI Whisper checkpoints.",
+    help="List, download, verify, inspect, load and convert OpenAI Whisper checkpoints.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -63,25 +64,8 @@ app = typer.Typer(
 )
 
 
-@dataclass
-class State:
-    """Global options, shared by every command through ``ctx.obj``."""
-
-    cache_dir: Path | None
-    registry: Path | None
-    output: Output
-
-
-def _state(ctx: typer.Context) -> State:
-    obj = ctx.find_root().obj
-    if not isinstance(obj, State):  # a command invoked without the callback (tests of sub-apps)
-        obj = State(None, None, Output())
-        ctx.find_root().obj = obj
-    return obj
-
-
-def _output(ctx: typer.Context) -> Output:
-    return _state(ctx).output
+_state = state_of
+_output = output_of
 
 
 def _version(value: bool) -> None:
@@ -118,7 +102,7 @@ def _main(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
-    """List, download, verify, inspect and load OpenAI Whisper checkpoints.
+    """List, download, verify, inspect, load and convert OpenAI Whisper checkpoints.
 
     Shares its cache with openai-whisper: files downloaded by either are used by the other.
     """
@@ -151,7 +135,12 @@ def list_(
 
 
 TargetArg = Annotated[
-    str, typer.Argument(help="Model name or alias, or the path of a checkpoint file.", show_default=False)
+    str,
+    typer.Argument(
+        help="Model name or alias, or the path of a model: a .pt or ggml file, a Hugging Face or "
+        "CTranslate2 directory.",
+        show_default=False,
+    ),
 ]
 
 
@@ -168,10 +157,12 @@ def info(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Everything known about a model or a checkpoint file: dims, parameters, digest, tensors, status.
+    """Everything known about a model, or a model file or directory of any format: format, dims,
+    parameters, tensors and dtypes, alignment heads, digest, status.
 
-    A cached or given checkpoint is read lazily (its pickle, not its weights) and checked against its dims
-    and the registry's; problems are flagged. For a path, exit 4 when it is unreadable or inconsistent.
+    A cached or given model is read lazily (headers, configs and pickles, never its weights, without
+    PyTorch) and checked against its dims and the registry's; problems are flagged. For a path, exit 4 when
+    it is unreadable or inconsistent.
     """
     st = _state(ctx)
     found = api.inspect(target, cache_dir=st.cache_dir, registry=st.registry, hash=verify)
@@ -375,6 +366,9 @@ def load(
         st.output.json(loaded.report)
     elif not st.output.quiet:
         st.output.load_report(loaded.report)
+
+
+app.command("convert")(convert_command)
 
 
 # -- fleets and CI: manifests, freeze, export, rm, prune, du, cache-key -------------------------------------

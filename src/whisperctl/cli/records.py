@@ -48,19 +48,39 @@ def _parameters(checkpoint: Any) -> object:
     return count_parameters(checkpoint.dims)
 
 
-_CHECKPOINT_KEYS = ("size_bytes", "dims", "parameters", "tensors", "dtypes", "tensor_bytes")
+def _model_heads(model: Any) -> object:
+    heads = model.alignment_heads
+    if heads is None:
+        return None
+    return {"count": len(heads), "pairs": heads, "origin": model.heads_origin}
+
+
+_CHECKPOINT_KEYS = (
+    "format",
+    "files",
+    "size_bytes",
+    "dims",
+    "parameters",
+    "tensors",
+    "dtypes",
+    "tensor_bytes",
+    "alignment_heads",
+    "details",
+)
 
 VIEWS: dict[str, View] = {
     # models/
     "ParameterCounts": View(computed={"total": lambda p: p.total}),
     "ModelSpec": View(computed={"parameters": lambda s: s.parameters, "alignment_heads": _heads}),
-    "Checkpoint": View(
-        omit=frozenset({"path"}),
+    "ModelFile": View(
+        omit=frozenset({"path", "heads_origin"}),
         computed={
             "parameters": _parameters,
-            "tensors": lambda c: len(c.tensors),
-            "dtypes": lambda c: c.dtypes,
-            "tensor_bytes": lambda c: c.tensor_bytes,
+            "tensors": lambda m: len(m.tensors),
+            "dtypes": lambda m: m.dtypes,
+            "tensor_bytes": lambda m: m.tensor_bytes,
+            "alignment_heads": _model_heads,
+            "details": lambda m: dict(m.details),
         },
     ),
     "LoadReport": View(
@@ -80,6 +100,7 @@ VIEWS: dict[str, View] = {
         lift={"checkpoint": _CHECKPOINT_KEYS},
         computed={"readable": lambda i: i.checkpoint is not None},
     ),
+    "ConvertRecord": View(computed={"size_bytes": lambda r: r.size_bytes}),
     "ExportReport": View(rename={"records": "models"}, computed={"bytes_copied": lambda r: r.bytes_copied}),
     "LayoutReport": View(rename={"records": "models"}, computed={"bytes_copied": lambda r: r.bytes_copied}),
     "PushReport": View(

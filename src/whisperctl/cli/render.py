@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from rich.text import Text
 from whisperctl.api import Status, format_manifest
 from whisperctl.cli.records import to_json
 from whisperctl.models.dims import count_parameters
+from whisperctl.models.formats.assets import is_multilingual
 
 if TYPE_CHECKING:
     from whisperctl.api import (
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
         VerifyRecord,
     )
     from whisperctl.fetch.download import DownloadRecord
+    from whisperctl.models.formats import ModelFile
     from whisperctl.models.loader import LoadReport
 
 __all__ = [
@@ -181,16 +184,27 @@ class Output:
         note = "; * = from your registry file" if user else ""
         return f"cache: {cache_root} ({files} files, {human_bytes(on_disk)}){note}"
 
-    def model_details(self, entry: CacheEntry) -> None:
+    def model_details(self, entry: CacheEntry, model: ModelFile | None = None) -> None:
+        """A registry model's facts; what the registry leaves unknown is taken from its file, when read."""
         spec = entry.spec
         params = spec.parameters
+        languages = spec.languages
+        if spec.english_only is None and model is not None:
+            english = not is_multilingual(model.dims.n_vocab)
+            languages = (
+                f"{'English' if english else 'multilingual'} (n_vocab {model.dims.n_vocab} in the file)"
+            )
         rows: list[tuple[str, str | Text]] = [
             ("name", spec.name + (f" (aliases: {', '.join(spec.aliases)})" if spec.aliases else "")),
             ("source", spec.source + (f" ({spec.registry_file})" if spec.registry_file else "")),
-            ("languages", spec.languages),
+            ("languages", languages),
         ]
         if params is not None:
             total = f"{params.total:,} total = {params.encoder:,} encoder + {params.decoder:,} decoder"
+            rows.append(("parameters", total))
+        elif model is not None:
+            p = count_parameters(model.dims)
+            total = f"{p.total:,} total = {p.encoder:,} encoder + {p.decoder:,} decoder (from the file)"
             rows.append(("parameters", total))
         else:
             rows.append(("parameters", "unknown until the checkpoint is read"))
@@ -218,29 +232,40 @@ class Output:
             )
 
     def checkpoint_details(self, info: CheckpointInfo) -> None:
-        """The checkpoint file's own facts (after :meth:`model_details` for a name)."""
-        ckpt = info.checkpoint
+        """The model file's own facts, in any format (after :meth:`model_details` for a name)."""
+        model = info.checkpoint
         rows: list[tuple[str, str | Text]] = []
         if info.entry is None:
             rows.append(("path", str(info.path)))
         if info.error is not None:
             rows.append(("checkpoint", Text(info.error, style="red")))
-        if ckpt is not None:
-            dtypes = ", ".join(f"{n} {dtype}" for dtype, n in ckpt.dtypes.items())
+        if model is not None:
+            dtypes = ", ".join(f"{n} {dtype}" for dtype, n in model.dtypes.items())
+            rows.append(("format", _FORMAT_NAMES.get(model.format, model.format)))
+            if len(model.files) > 1 or model.files[0] != model.path:
+                names = [_relative(f, model.path) for f in model.files]
+                rows.append(("files", ", ".join(names)))
             rows += [
-                ("file size", f"{ckpt.size_bytes:,} bytes ({human_bytes(ckpt.size_bytes)})"),
-                ("file dims", ", ".join(f"{k}={v}" for k, v in ckpt.dims.as_dict().items())),
+                ("file size", f"{model.size_bytes:,} bytes ({human_bytes(model.size_bytes)})"),
+                ("file dims", ", ".join(f"{k}={v}" for k, v in model.dims.as_dict().items())),
                 (
                     "tensors",
-                    f"{len(ckpt.tensors)} ({dtypes}), {ckpt.elements:,} values, "
-                    f"{human_bytes(ckpt.tensor_bytes)}",
+                    f"{len(model.tensors)} ({dtypes}), {model.elements:,} values, "
+                    f"{human_bytes(model.tensor_bytes)}",
                 ),
             ]
-            if info.entry is None or info.entry.spec.dims is None:  # else the registry's are shown
-                p = count_parameters(ckpt.dims)
+            if info.entry is None:  # for a name, model_details shows them
+                p = count_parameters(model.dims)
                 rows.append(
                     ("parameters", f"{p.total:,} total = {p.encoder:,} encoder + {p.decoder:,} decoder")
                 )
+            if model.alignment_heads is not None:
+                pairs = " ".join(f"({a},{b})" for a, b in model.alignment_heads)
+                origin = model.heads_origin or "the file"
+                rows.append(("alignment heads", f"{len(model.alignment_heads)} from {origin}: {pairs}"))
+            elif info.entry is None:
+                rows.append(("alignment heads", "none in the file (the registry's or the default apply)"))
+            rows += [(key, value) for key, value in model.details]
         for problem in info.problems:
             rows.append(("problem", Text(problem, style="red")))
         if info.entry is None:
@@ -278,6 +303,7 @@ class Output:
                     f"{human_bytes(part.bytes)} with buffers",
                 )
             )
+        rows.insert(2, ("format", report.format))
         rows.append(("alignment heads", f"{report.alignment_heads} ({report.alignment_heads_source})"))
         phases = ", ".join(f"{k} {v:.3f}" for k, v in report.seconds.items() if k != "total")
         rows.append(("seconds", f"{report.seconds['total']:.3f} ({phases})"))
@@ -300,8 +326,23 @@ def render_info(output: Output, found: CheckpointInfo, *, as_json: bool) -> None
             output.json({**_object(entry), "checkpoint": to_json(found) if entry.exists else None})
         return
     if entry is not None:
-        output.model_details(entry)
+        output.model_details(entry, found.checkpoint)
     output.checkpoint_details(found)
+
+
+_FORMAT_NAMES = {
+    "openai": "openai (openai-whisper .pt)",
+    "hf": "hf (Hugging Face transformers directory)",
+    "ct2": "ct2 (CTranslate2 directory)",
+    "ggml": "ggml (whisper.cpp file)",
+}
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def _object(record: object) -> dict[str, Any]:

@@ -57,6 +57,7 @@ __all__ = [
     "available_devices",
     "heads_device",
     "load_checkpoint",
+    "peak_rss",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -353,7 +354,7 @@ def _part(name: str, module: nn.Module) -> PartReport:
     )
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """This process's peak resident set. On Linux VmHWM, which starts afresh at exec: ru_maxrss carries the
     high-water mark of the process that forked this one (a large parent would show as our peak)."""
     try:
@@ -500,7 +501,7 @@ def load_checkpoint(
         alignment_heads_source=heads_source if alignment_heads else "default",
         integrity=integrity,
         seconds={k: round(v, 4) for k, v in seconds.items()},
-        peak_rss_bytes=_peak_rss(),
+        peak_rss_bytes=peak_rss(),
         peak_gpu_bytes=torch.cuda.max_memory_allocated(target) if target.type == "cuda" else None,
         checkpoint_dtype=model_file.dtype,
         mapped=mapped,

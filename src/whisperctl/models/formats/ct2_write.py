@@ -99,6 +99,6 @@ def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, d
     spec.save(str(out))
     written = [out / "model.bin", out / "config.json"]
     written += sorted(p for p in out.iterdir() if p.name.startswith("vocabulary"))
-    written.append(tokenizer_json(vocab, out))
+    written.append(tokenizer_json(vocab, out, "ct2"))
     written.append(write_json(out / "preprocessor_config.json", preprocessor_config(d.n_mels)))
     return written

@@ -306,14 +306,17 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
-def tokenizer_json(vocab: Vocabulary, out: Path) -> Path:
-    """``tokenizer.json`` (the tokenizers library's own file), which transformers and faster-whisper read."""
+def tokenizer_json(vocab: Vocabulary, out: Path, fmt: str) -> Path:
+    """``tokenizer.json`` (the tokenizers library's own file), which transformers and faster-whisper read.
+
+    ``fmt`` ("hf" or "ct2") names the extra to install when the tokenizers library is missing.
+    """
     try:
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     except ImportError:
         from whisperctl.errors import UsageError
 
-        raise UsageError("writing a tokenizer needs tokenizers: pip install 'whisperctl[ct2]'") from None
+        raise UsageError(f"converting to {fmt} needs tokenizers: pip install 'whisperctl[{fmt}]'") from None
     ordinary = {t: i for i, t in enumerate(vocab.tokens[: vocab.special.eot])}
     tok = Tokenizer(models.BPE(vocab=ordinary, merges=vocab.merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -336,7 +339,7 @@ def write_hf_tokenizer(vocab: Vocabulary, out: Path) -> list[Path]:
     """Every tokenizer file of a transformers Whisper directory."""
     eot = "<|endoftext|>"
     written = [
-        tokenizer_json(vocab, out),
+        tokenizer_json(vocab, out, "hf"),
         write_json(out / "vocab.json", {t: i for i, t in enumerate(vocab.tokens[: vocab.special.eot])}),
     ]
     merges = out / "merges.txt"

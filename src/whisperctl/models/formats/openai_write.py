@@ -1,0 +1,47 @@
+"""Write openai-whisper's own format: ``torch.save({"dims": ..., "model_state_dict": ...})``.
+
+What ``whisper.load_model`` reads (and whisperctl): the dims as a dict of ten integers and the state dict
+in openai-whisper's names, in the dtype asked for (float16 like the official files, or float32).
+
+Memory: ``torch.save`` needs the whole dictionary before it writes. A tensor already in the target dtype
+and alone in its storage goes in as it is (a view of the mapped input: nothing is copied, the pages stream
+from the input file to the output). A tensor converted to another dtype, or sliced from a larger stored
+array (CTranslate2's fused query/key/value), is a new tensor, and every such tensor is held until the
+dictionary is written: converting float16 to float32 holds the float32 model (twice the input), float32 to
+float16 holds the float16 model (half the input), on top of the mapped input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from whisperctl.models.formats.base import ModelFile
+from whisperctl.models.formats.weights import TORCH_DTYPES
+
+__all__ = ["write"]
+
+
+def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str) -> list[Path]:
+    """Write ``out`` (a file that does not exist yet) from ``weights`` in openai-whisper's format."""
+    target = TORCH_DTYPES[dtype]
+    state_dict: dict[str, torch.Tensor] = {}
+    for name in model.tensors:
+        state_dict[name] = _alone(weights[name], target)
+    # Through a file object, the archive's inner folder is torch's fixed "archive", not derived from the
+    # temporary name: the same model gives the same bytes.
+    with open(out, "xb") as f:
+        torch.save({"dims": model.dims.as_dict(), "model_state_dict": state_dict}, f)
+    return [out]
+
+
+def _alone(tensor: torch.Tensor, target: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``target``, with a storage of its own bytes (``torch.save`` writes whole storages)."""
+    if tensor.dtype != target:
+        return tensor.to(target).contiguous()
+    own = tensor.numel() * tensor.element_size()
+    if tensor.is_contiguous() and tensor.storage_offset() == 0 and tensor.untyped_storage().nbytes() == own:
+        return tensor
+    return tensor.contiguous().clone()
