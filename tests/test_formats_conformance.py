@@ -168,12 +168,13 @@ def test_hf_converted_to_ct2_gives_ctranslate2_the_same_encoder_output(
 
 
 # pywhispercpp's Model() returns even when whisper.cpp failed to load the file (it logs "failed to load
-# model"): the header it read is taken from its log, and a second of silence is transcribed (all tensors run).
+# model"): the header it read is taken from its log, and a second of silence is transcribed (all tensors
+# run; a few tokens, no temperature fallback: the random model would babble for half a minute).
 WHISPER_CPP_RUN = r"""
 import sys
 import numpy as np
 from pywhispercpp.model import Model
-model = Model(sys.argv[1], n_threads=1)
+model = Model(sys.argv[1], n_threads=1, language="en", max_tokens=4, temperature_inc=0.0, single_segment=True)
 segments = model.transcribe(np.zeros(16000, dtype=np.float32))
 print("ran", len(segments))
 """
