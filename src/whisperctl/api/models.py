@@ -231,15 +231,17 @@ def resolve_target(registry: Registry, name_or_path: PathLike) -> ModelSpec | Pa
     except OSError as exc:  # a name too long for a path, a directory that cannot be searched
         raise UsageError(
             f"{shown}: not a model name, nor a usable path ({exc.strerror or exc}); give a model name "
-            "or the path of a model's file or directory"
+            "or the path of a checkpoint file or directory"
         ) from None
     if exists:
         raise UsageError(
-            f"{shown}: not a file nor a directory; give a model name or the path of a model's file "
+            f"{shown}: not a file nor a directory; give a model name or the path of a checkpoint file "
             "or directory"
         )
     if isinstance(name_or_path, Path) or os.sep in text or "/" in text or text.endswith(".pt"):
-        raise UsageError(f"{shown}: no such file or directory; check the path, or give a model name")
+        raise UsageError(
+            f"{shown}: no such checkpoint file or directory; check the path, or give a model name"
+        )
     return registry.get(text)  # UnknownModelError, with suggestions
 
 

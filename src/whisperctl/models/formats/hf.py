@@ -266,8 +266,8 @@ def _shards(directory: Path) -> tuple[list[Path], dict[str, Span]]:
         raise _fail(index, "no weight_map object in the index")
     files: dict[str, Path] = {}
     for name in weight_map.values():
-        if name not in files:
-            files[name] = _inside(directory, name)
+        if not isinstance(name, str) or name not in files:
+            files[name] = _inside(directory, name)  # refuses anything but a file name
     spans: dict[str, Span] = {}
     for path in files.values():
         spans.update(read_safetensors(path))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from whisperctl.models.dims import state_dict_shapes
 from whisperctl.models.formats.base import ModelFile
 from whisperctl.models.formats.weights import TORCH_DTYPES
 
@@ -27,8 +28,12 @@ __all__ = ["write"]
 def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str) -> list[Path]:
     """Write ``out`` (a file that does not exist yet) from ``weights`` in openai-whisper's format."""
     target = TORCH_DTYPES[dtype]
+    # In openai-whisper's own order (its module order), whatever the source's: the same model and dtype
+    # give the same file, so .pt -> hf -> .pt ends where it started, byte for byte.
+    canonical = state_dict_shapes(model.dims)
+    order = [k for k in canonical if k in model.tensors] + [k for k in model.tensors if k not in canonical]
     state_dict: dict[str, torch.Tensor] = {}
-    for name in model.tensors:
+    for name in order:
         state_dict[name] = _alone(weights[name], target)
     # Through a file object, the archive's inner folder is torch's fixed "archive", not derived from the
     # temporary name: the same model gives the same bytes.
