@@ -335,3 +335,17 @@ def test_word_timestamps_come_from_the_ct2_alignment_heads(
     assert len(theirs) == len(starts)
     differences = np.abs(theirs - np.array(starts))
     assert differences.max() <= 0.1 and differences.mean() <= 0.03, (starts, theirs.tolist())
+
+
+def test_malformed_alignment_heads_in_a_pt_are_one_line_exit_4(tmp_path: Path) -> None:
+    """The heads a .pt carries (whisperctl's extra key) are checked like the rest of the pickle."""
+    from whisperctl.models.dims import ModelDimensions, state_dict_shapes
+
+    dims = ModelDimensions(80, 4, 8, 2, 1, 51865, 4, 8, 2, 1)
+    state = {k: torch.zeros(shape, dtype=torch.float16) for k, shape in state_dict_shapes(dims).items()}
+    path = tmp_path / "heads.pt"
+    torch.save({"dims": dims.as_dict(), "model_state_dict": state, "alignment_heads": [[0, "x"]]}, path)
+    result = Cli()("info", str(path))
+    assert result.exit_code == 4
+    assert "'alignment_heads' is not a list of [layer, head] pairs" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
