@@ -162,6 +162,35 @@ def test_multilingual_vocabulary(tmp_path: Path) -> None:
     assert dict(model.details)["vocabulary"] == "50,257 tokens"
 
 
+def test_vocabulary_of_whisper_cpps_published_files(written: dict[str, Path], tmp_path: Path) -> None:
+    """whisper.cpp's published English files hold one token more (its older converter kept <|endoftext|>)."""
+    good = written["float16"]
+    model = ggml.read(good)
+    data = bytearray(good.read_bytes())
+    (count,) = struct.unpack_from("<i", data, MEL_END)
+    struct.pack_into("<i", data, MEL_END, count + 1)
+    at = _header_offset(model, "encoder.positional_embedding")
+    data[at:at] = struct.pack("<i", 13) + b"<|endoftext|>"
+    published = tmp_path / "published.bin"
+    published.write_bytes(bytes(data))
+    again = ggml.read(published)
+    assert dict(again.details)["vocabulary"] == "50,257 tokens"
+    theirs, ours = open_weights(again), open_weights(model)
+    assert all(torch.equal(theirs[k], ours[k]) for k in ours)
+
+
+def test_reader_does_not_import_torch(written: dict[str, Path]) -> None:
+    code = (
+        "import sys; from pathlib import Path; from whisperctl.models.formats import ggml; "
+        f"m = ggml.read(Path({str(written['float16'])!r})); "
+        "assert 'torch' not in sys.modules and 'numpy' not in sys.modules; print(len(m.tensors))"
+    )
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(len(state_dict_shapes(SMALL)))
+
+
 def test_sniff() -> None:
     assert ggml.sniff(b"lmgg\x98\xca\x00\x00")
     assert not ggml.sniff(b"PK\x03\x04")
@@ -474,3 +503,44 @@ def test_real_tiny_en_from_ctranslate2_is_heard_by_whisper_cpp(tmp_path: Path) -
     heard = done.stdout.lower()
     # espeak-ng's voice is hard on tiny.en; these words it hears (it may hear "round" for "brown").
     assert all(word in heard for word in ("quick", "fox", "lazy dog", "shore")), heard
+
+
+# -- streaming: the input's pages leave the process as they are written -----------------------------------
+
+
+def _resident(path: Path) -> int:
+    """Bytes of ``path``'s mappings resident in this process (Linux's /proc/self/smaps)."""
+    total, current = 0, False
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                current = line.rstrip("\n").endswith(str(path))
+            elif current and fields[:1] == ["Rss:"]:
+                total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pages are released on Linux only")
+def test_written_pages_leave_the_process(source: Path, tmp_path: Path) -> None:
+    model = openai.read(source)
+    weights = open_weights(model)
+    sum(float(t.float().sum()) for t in weights.values())  # every page read once, as a writer reads it
+    assert _resident(source) > 0.9 * model.tensor_bytes
+    ggml_write.write(model, weights, tmp_path / "out.bin", dtype="float16")
+    assert _resident(source) < 0.25 * model.tensor_bytes
+    # Dropped pages are read again from the file when touched: nothing changed.
+    original = _source_tensors(source)
+    assert all(torch.equal(weights[k], original[k]) for k in original)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="pages are released on Linux only")
+def test_weights_changed_in_place_are_written_and_kept(source: Path, tmp_path: Path) -> None:
+    model = openai.read(source)
+    weights = open_weights(model)
+    embedding = weights["decoder.token_embedding.weight"]
+    embedding.mul_(2)  # a copy-on-write change of the mapping: releasing its pages would undo it
+    doubled = embedding.clone()
+    out = ggml_write.write(model, weights, tmp_path / "out.bin", dtype="float16")[0]
+    assert torch.equal(weights["decoder.token_embedding.weight"], doubled)
+    assert torch.equal(open_weights(ggml.read(out))["decoder.token_embedding.weight"], doubled)

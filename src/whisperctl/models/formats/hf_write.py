@@ -93,6 +93,7 @@ def config(model: ModelFile, dtype: str) -> dict[str, Any]:
         "pad_token_id": special.eot,
         "decoder_start_token_id": special.id("<|startoftranscript|>"),
         "dtype": dtype,
+        "torch_dtype": dtype,  # the name transformers 4 reads (5 reads dtype, and this one silently)
     }
 
 

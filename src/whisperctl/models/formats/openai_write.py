@@ -9,7 +9,9 @@ and alone in its storage goes in as it is (a view of the mapped input: nothing i
 from the input file to the output). A tensor converted to another dtype, or sliced from a larger stored
 array (CTranslate2's fused query/key/value), is a new tensor, and every such tensor is held until the
 dictionary is written: converting float16 to float32 holds the float32 model (twice the input), float32 to
-float16 holds the float16 model (half the input), on top of the mapped input.
+float16 holds the float16 model (half the input), on top of the mapped input. Measured on base's dims (a
+145 MB fp16 file; 226 MB of every peak is PyTorch itself): fp16 -> fp16 384 MB peak RSS, fp16 -> fp32
+676 MB.
 """
 
 from __future__ import annotations
