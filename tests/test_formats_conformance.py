@@ -104,6 +104,7 @@ def test_random_hf_model_loads_in_whisperctl_with_transformers_logits(
         logits = loaded.model(*mel_tokens)
     torch.testing.assert_close(logits, reference, atol=LOGITS_ATOL, rtol=0)
     assert loaded.report.alignment_heads == len(lab.SMALL_HEADS)
+    assert loaded.report.alignment_heads_source == "generation_config.json"
     assert set(loaded.model.alignment_heads_pairs()) == {tuple(p) for p in lab.SMALL_HEADS}
 
     lab.need("whisper", "openai-whisper")
