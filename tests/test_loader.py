@@ -336,8 +336,8 @@ def test_device_is_checked_before_downloading(cache_dir: Path, tmp_path: Path, c
 def test_missing_paths_and_unknown_names(tmp_path: Path, cli: Cli) -> None:
     r = cli("load", str(tmp_path / "nope.pt"))
     assert r.exit_code == 2 and "no such checkpoint file" in r.stderr
-    r = cli("load", str(tmp_path))
-    assert r.exit_code == 2 and "not a file" in r.stderr
+    r = cli("load", str(tmp_path))  # a directory is a model's (HF, CTranslate2) when it holds one
+    assert r.exit_code == 4 and "a directory with no model in it" in r.stderr
     r = cli("load", "tinny")
     assert r.exit_code == 2 and "tiny" in r.stderr
     with pytest.raises(NotCachedError):
