@@ -86,6 +86,9 @@ class Checkpoint:
     size_bytes: int
     dims: ModelDimensions
     tensors: dict[str, TensorMeta]
+    # (layer, head) pairs from an optional top-level "alignment_heads" key (whisperctl convert writes it;
+    # openai-whisper's load_model ignores keys it does not know).
+    alignment_heads: tuple[tuple[int, int], ...] | None = None
 
     @property
     def dtypes(self) -> dict[str, int]:
@@ -278,7 +281,21 @@ def _checkpoint(path: Path, size: int, obj: Any, records: dict[str, int], prefix
     if not isinstance(sd, dict):
         raise _fail(path, f"'model_state_dict' is {type(sd).__name__}, not a dict of tensors")
     tensors = _tensors(path, sd, records, prefix)
-    return Checkpoint(path=path, size_bytes=size, dims=dims, tensors=tensors)
+    heads = _heads(path, obj.get("alignment_heads"))
+    return Checkpoint(path=path, size_bytes=size, dims=dims, tensors=tensors, alignment_heads=heads)
+
+
+def _heads(path: Path, value: Any) -> tuple[tuple[int, int], ...] | None:
+    """The optional ``alignment_heads``: a list of ``[layer, head]`` pairs of non-negative integers."""
+    if value is None:
+        return None
+
+    def pair(p: Any) -> bool:
+        return isinstance(p, list | tuple) and len(p) == 2 and all(type(v) is int and v >= 0 for v in p)
+
+    if not isinstance(value, list | tuple) or not all(pair(p) for p in value):
+        raise _fail(path, f"'alignment_heads' is not a list of [layer, head] pairs ({value!r:.60})")
+    return tuple((p[0], p[1]) for p in value)
 
 
 def _tensors(path: Path, sd: dict[Any, Any], records: dict[str, int], prefix: str) -> dict[str, TensorMeta]:

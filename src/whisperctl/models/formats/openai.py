@@ -28,4 +28,6 @@ def read(path: Path) -> ModelFile:
         size_bytes=ckpt.size_bytes,
         dims=ckpt.dims,
         tensors={k: TensorInfo(shape=t.shape, dtype=t.dtype, source=k) for k, t in ckpt.tensors.items()},
+        alignment_heads=ckpt.alignment_heads,
+        heads_origin="checkpoint" if ckpt.alignment_heads is not None else None,
     )

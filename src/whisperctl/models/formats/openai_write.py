@@ -1,7 +1,8 @@
 """Write openai-whisper's own format: ``torch.save({"dims": ..., "model_state_dict": ...})``.
 
 What ``whisper.load_model`` reads (and whisperctl): the dims as a dict of ten integers and the state dict
-in openai-whisper's names, in the dtype asked for (float16 like the official files, or float32).
+in openai-whisper's names, in the dtype asked for (float16 like the official files, or float32); and the
+model's alignment heads, when it has its own (not the default), under an extra ``alignment_heads`` key.
 
 Memory: ``torch.save`` needs the whole dictionary before it writes. A tensor already in the target dtype
 and alone in its storage goes in as it is (a view of the mapped input: nothing is copied, the pages stream
@@ -39,9 +40,22 @@ def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, d
         state_dict[name] = _alone(weights[name], target)
     # Through a file object, the archive's inner folder is torch's fixed "archive", not derived from the
     # temporary name: the same model gives the same bytes.
+    checkpoint: dict[str, object] = {"dims": model.dims.as_dict(), "model_state_dict": state_dict}
+    heads = model.alignment_heads
+    if heads and set(heads) != set(_default_heads(model)):
+        # An extra key that openai-whisper's load_model ignores and whisperctl reads back (heads_origin
+        # "checkpoint"), so that a model's heads survive .pt (HF -> .pt -> HF keeps them). The default
+        # heads (what a .pt without the key gets) are left out: .pt -> HF -> .pt gives the same file.
+        checkpoint["alignment_heads"] = [list(pair) for pair in heads]
     with open(out, "xb") as f:
-        torch.save({"dims": model.dims.as_dict(), "model_state_dict": state_dict}, f)
+        torch.save(checkpoint, f)
     return [out]
+
+
+def _default_heads(model: ModelFile) -> list[tuple[int, int]]:
+    """openai-whisper's default alignment heads: every head of the last half of the decoder layers."""
+    d = model.dims
+    return [(layer, h) for layer in range(d.n_text_layer // 2, d.n_text_layer) for h in range(d.n_text_head)]
 
 
 def _alone(tensor: torch.Tensor, target: torch.dtype) -> torch.Tensor:
