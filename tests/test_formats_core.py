@@ -58,6 +58,25 @@ def test_pt_to_openai_is_bit_exact_and_loads_in_openai_whisper(pt: Path, convert
     assert model.dims.n_text_layer == SMALLEST.n_text_layer
 
 
+def test_openai_writer_fills_a_valid_archive_tensor_by_tensor(pt: Path, tmp_path: Path) -> None:
+    """The archive is written with empty storages, then filled: every record's CRC-32 must be the real
+    one (zipfile checks them), and an fp32 output must hold exactly the fp16 values, widened."""
+    import zipfile
+
+    out = tmp_path / "wide.pt"
+    whisperctl.convert(pt, out, "openai", dtype="fp32")
+    with zipfile.ZipFile(out) as zf:
+        assert zf.testzip() is None
+    before, after = _state(pt), _state(out)
+    assert all(
+        after[k].dtype == torch.float32 and torch.equal(after[k], v.float()) for k, v in before.items()
+    )
+    same = tmp_path / "same.pt"
+    whisperctl.convert(pt, same, "openai")
+    with zipfile.ZipFile(same) as zf:
+        assert zf.testzip() is None
+
+
 @pytest.mark.parametrize("fmt", ["hf", "ct2", "ggml"])
 def test_every_format_back_to_openai_is_the_same_file(
     fmt: str, converted: dict[str, Path], tmp_path: Path

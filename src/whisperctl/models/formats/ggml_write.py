@@ -10,10 +10,6 @@ float32, as whisper.cpp requires.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import os
-import platform
 import struct
 import sys
 from collections.abc import Mapping
@@ -25,6 +21,7 @@ from whisperctl.models.dims import state_dict_shapes
 from whisperctl.models.formats import assets
 from whisperctl.models.formats.base import ModelFile
 from whisperctl.models.formats.ggml import HPARAMS, MAGIC, stored_dtype, stored_shape
+from whisperctl.models.formats.weights import PageReleaser
 
 if TYPE_CHECKING:
     import torch
@@ -34,8 +31,6 @@ __all__ = ["write"]
 _FTYPES = {"float32": 0, "float16": 1}
 _TTYPES = {"float32": 0, "float16": 1}
 _PURPOSE = "converting to ggml"
-# madvise(2)'s MADV_DONTNEED, the generic value that x86-64 and arm64 use.
-_MADV_DONTNEED = 4
 
 
 def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str) -> list[Path]:
@@ -59,7 +54,7 @@ def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, d
     filters = _mel_filters(dims.n_mels)
     vocabulary = _vocabulary(dims.n_vocab)
     ftype = _FTYPES[dtype]
-    pager = _Pager(model.files)
+    release = PageReleaser(model.files)
     with open(out, "xb") as f:
         f.write(struct.pack("<I", MAGIC))
         f.write(struct.pack(f"<{len(HPARAMS) + 1}i", *(getattr(dims, k) for k in HPARAMS), ftype))
@@ -68,7 +63,7 @@ def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, d
         f.write(vocabulary)
         for name, shape in expected.items():
             _write_tensor(f, name, weights[name], stored_dtype(name, len(shape), ftype))
-            pager.release(weights[name])
+            release(weights[name])
     return [out]
 
 
@@ -110,58 +105,3 @@ def _write_tensor(f: BinaryIO, name: str, tensor: torch.Tensor, dtype: str) -> N
     f.write(struct.pack(f"<3i{len(shape)}i", len(shape), len(encoded), _TTYPES[dtype], *reversed(shape)))
     f.write(encoded)
     f.write(memoryview(data.numpy()).cast("B"))
-
-
-class _Pager:
-    """Drops a written tensor's pages of the mapped input from this process (Linux on x86-64 and arm64).
-
-    Every page of the input that was read stays resident in this process until unmapped, so converting
-    large-v3 would otherwise end with its 3 GB in the resident set. ``MADV_DONTNEED`` unmaps the pages (they
-    stay in the page cache, and are read again if touched): it is advised only for mappings of the model's
-    own files that hold no page modified in place (``/proc/self/smaps``: no ``Anonymous`` page, the private
-    copies that writing to a page makes), whose content it therefore cannot change, and never for memory the
-    caller allocated.
-    """
-
-    def __init__(self, files: tuple[Path, ...]) -> None:
-        self.ranges: list[tuple[int, int]] = []
-        self.madvise: Any = None
-        if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
-            return
-        try:
-            self.ranges = _clean_mappings({os.path.realpath(p) for p in files})
-            libc = ctypes.CDLL(None, use_errno=True)
-        except OSError:
-            return
-        self.madvise = libc.madvise
-        self.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        self.madvise.restype = ctypes.c_int
-
-    def release(self, tensor: torch.Tensor) -> None:
-        if self.madvise is None or not tensor.is_contiguous() or tensor.device.type != "cpu":
-            return
-        start = tensor.data_ptr()
-        end = start + tensor.numel() * tensor.element_size()
-        if not any(lo <= start and end <= hi for lo, hi in self.ranges):
-            return
-        # Whole pages inside the mapping; a page shared with the next tensor is simply read again.
-        first = start - start % mmap.PAGESIZE
-        self.madvise(first, end - first, _MADV_DONTNEED)  # its failure changes nothing
-
-
-def _clean_mappings(names: set[str]) -> list[tuple[int, int]]:
-    """The address ranges mapped from ``names`` in which no page was modified since it was mapped."""
-    ranges: list[tuple[int, int]] = []
-    current: tuple[int, int] | None = None
-    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if len(fields) >= 5 and "-" in fields[0] and not fields[0].endswith(":"):
-                path = line.split(maxsplit=5)[5].rstrip("\n") if len(fields) >= 6 else ""
-                lo, hi = fields[0].split("-")
-                current = (int(lo, 16), int(hi, 16)) if path in names else None
-            elif current is not None and fields[:1] == ["Anonymous:"]:
-                if fields[1] == "0":
-                    ranges.append(current)
-                current = None
-    return ranges
