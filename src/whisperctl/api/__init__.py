@@ -6,6 +6,9 @@ nothing prints. The CLI (``whisperctl.cli``) is a thin layer over these function
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from whisperctl.api.convert import ConvertRecord, WrittenFile, convert
 from whisperctl.api.fleet import (
     CacheKey,
@@ -38,10 +41,26 @@ from whisperctl.api.models import (
     resolve_target,
     verify,
 )
-from whisperctl.api.oci import LayoutReport, PushReport, export_oci_layout, push
 from whisperctl.models.registry import REGISTRY_ENV, default_registry_path
 from whisperctl.store.cache import CACHE_ENV, CacheEntry, Status, resolve_cache_dir
 from whisperctl.store.verify import VerifyRecord
+
+if TYPE_CHECKING:
+    from whisperctl.api.oci import LayoutReport, PushReport, export_oci_layout, push
+
+# The OCI verbs are imported when first used: a download, `list` or `path` never needs the registry client's
+# and the layout writer's modules (PEP 562).
+_LAZY = {name: "whisperctl.api.oci" for name in ("LayoutReport", "PushReport", "export_oci_layout", "push")}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CACHE_ENV",
