@@ -9,7 +9,7 @@ and ``GenerationConfig``; the tokenizer and feature-extractor files come from :m
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,8 +130,14 @@ def generation_config(model: ModelFile, vocab: Vocabulary) -> dict[str, Any]:
     return data
 
 
-def write_safetensors(path: Path, weights: Mapping[str, torch.Tensor], dtype: str) -> Path:
-    """``weights`` (openai names) as a safetensors file in transformers' names, one tensor at a time."""
+def write_safetensors(
+    path: Path,
+    weights: Mapping[str, torch.Tensor],
+    dtype: str,
+    release: Callable[[torch.Tensor], None] | None = None,
+) -> Path:
+    """``weights`` (openai names) as a safetensors file in transformers' names, one tensor at a time;
+    ``release`` is given each source tensor once written (a writer drops its pages of the mapped input)."""
     import torch
 
     target = {"float16": torch.float16, "float32": torch.float32}[dtype]
@@ -153,19 +159,25 @@ def write_safetensors(path: Path, weights: Mapping[str, torch.Tensor], dtype: st
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for name in names:
-            t = weights[name].detach().to("cpu", target).contiguous()
+            source = weights[name]
+            t = source.detach().to("cpu", target).contiguous()
             f.write(t.view(torch.uint8).reshape(-1).numpy().data if t.numel() else b"")
+            if release is not None:
+                release(source)
+            del t, source
     return path
 
 
 def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str) -> list[Path]:
     """Every file of a transformers Whisper directory under ``out`` (an empty directory)."""
+    from whisperctl.models.formats.weights import PageReleaser
+
     vocab = Vocabulary(model.dims.n_vocab, "converting to hf")
     written = [
         write_json(out / "config.json", config(model, dtype)),
         write_json(out / "generation_config.json", generation_config(model, vocab)),
         write_json(out / "preprocessor_config.json", preprocessor_config(model.dims.n_mels)),
-        write_safetensors(out / "model.safetensors", weights, dtype),
+        write_safetensors(out / "model.safetensors", weights, dtype, PageReleaser(model.files)),
     ]
     written += write_hf_tokenizer(vocab, out)
     return written

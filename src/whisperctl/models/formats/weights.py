@@ -167,8 +167,11 @@ class PageReleaser:
         self.madvise: Any = None
         if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64"):
             return
+        # The files are mapped when their first tensor is asked for (Weights is lazy), so the mappings are
+        # looked up again when a tensor falls outside those known, until every file has been seen.
+        self.names = {os.path.realpath(p) for p in files}
+        self.seen: set[str] = set()
         try:
-            self.ranges = _clean_mappings({os.path.realpath(p) for p in files})
             libc = ctypes.CDLL(None, use_errno=True)
         except OSError:
             return
@@ -176,21 +179,32 @@ class PageReleaser:
         self.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         self.madvise.restype = ctypes.c_int
 
+    def _inside(self, start: int, end: int) -> bool:
+        return any(lo <= start and end <= hi for lo, hi in self.ranges)
+
     def __call__(self, tensor: torch.Tensor) -> None:
         if self.madvise is None or not tensor.is_contiguous() or tensor.device.type != "cpu":
             return
         start = tensor.data_ptr()
         end = start + tensor.numel() * tensor.element_size()
-        if not any(lo <= start and end <= hi for lo, hi in self.ranges):
+        if not self._inside(start, end) and self.seen != self.names:
+            try:
+                self.ranges, self.seen = _clean_mappings(self.names)
+            except OSError:
+                self.madvise = None
+                return
+        if not self._inside(start, end):
             return
         # Whole pages inside the mapping; a page shared with the next tensor is simply read again.
         first = start - start % mmap.PAGESIZE
         self.madvise(first, end - first, _MADV_DONTNEED)  # its failure changes nothing
 
 
-def _clean_mappings(names: set[str]) -> list[tuple[int, int]]:
-    """The address ranges mapped from ``names`` in which no page was modified since it was mapped."""
+def _clean_mappings(names: set[str]) -> tuple[list[tuple[int, int]], set[str]]:
+    """The address ranges mapped from ``names`` in which no page was modified since it was mapped, and
+    which of ``names`` are mapped at all."""
     ranges: list[tuple[int, int]] = []
+    seen: set[str] = set()
     current: tuple[int, int] | None = None
     with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
         for line in smaps:
@@ -199,8 +213,10 @@ def _clean_mappings(names: set[str]) -> list[tuple[int, int]]:
                 path = line.split(maxsplit=5)[5].rstrip("\n") if len(fields) >= 6 else ""
                 lo, hi = fields[0].split("-")
                 current = (int(lo, 16), int(hi, 16)) if path in names else None
+                if path in names:
+                    seen.add(path)
             elif current is not None and fields[:1] == ["Anonymous:"]:
                 if fields[1] == "0":
                     ranges.append(current)
                 current = None
-    return ranges
+    return ranges, seen
