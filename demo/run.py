@@ -8,6 +8,8 @@
    (cached: no network), verify, path, and the JSON forms.
 4. Fleets: exports the cache as a mirror tree (`<sha256>/<file>` + SHA256SUMS), stops the server, and fills a
    second cache from that tree with a manifest, offline; then du and cache-key.
+5. Formats: converts the cached model to Hugging Face, CTranslate2 and ggml, reads each back with `info`,
+   loads the Hugging Face directory, and converts the ggml file back to a `.pt`.
 
 Nothing leaves the machine. Everything lives in .demo/ (removed by `make clean`).
 """
@@ -138,6 +140,7 @@ def main() -> None:
     finally:
         server.shutdown()
     fleet()
+    formats()
     print("\ndemo: done. Try it yourself:")
     print(f"  export WHISPERCTL_CACHE_DIR={cache} WHISPERCTL_REGISTRY={registry}")
     print(f"  {WHISPERCTL} list")
@@ -156,6 +159,18 @@ def fleet() -> None:
     run("--cache-dir", str(second), "download", "-r", str(manifest), "--mirror", str(tree), "--offline")
     run("--cache-dir", str(second), "du")
     run("cache-key", "-r", str(manifest))
+
+
+def formats() -> None:
+    """The cached model in every format whisperctl writes, read back by whisperctl itself."""
+    out = WORK / "formats"
+    out.mkdir(exist_ok=True)
+    print("\ndemo: the model in every format (the runtimes' checks: tests/test_formats_*.py)", flush=True)
+    for fmt, target in (("hf", out / "hf"), ("ct2", out / "ct2"), ("ggml", out / "model.bin")):
+        run("convert", NAME, str(target), "--to", fmt, "--force")
+        run("info", str(target))
+    run("load", str(out / "hf"))
+    run("convert", str(out / "model.bin"), str(out / "back.pt"), "--to", "openai", "--force")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import whisperctl  # noqa: E402
-from whisperctl.models.formats import writers  # noqa: E402
+from whisperctl.models.formats import read_model, writers  # noqa: E402
 from whisperctl.models.formats.writers import Writer  # noqa: E402
 from whisperctl.store.layout import temporary_target  # noqa: E402
 
@@ -181,6 +181,26 @@ def test_a_name_is_downloaded_verified_then_converted(
         written[k].dtype == torch.float32 and torch.equal(written[k].half(), v) for k, v in original.items()
     )
     assert record.peak_rss_bytes > 0 and record.seconds > 0
+
+
+def test_a_named_model_keeps_its_registry_alignment_heads(
+    source: Path, server: HTTPServer, cache_dir: Path, tmp_path: Path
+) -> None:
+    """An official file carries no heads; its registry entry does: the written model must keep them (in the
+    HF generation config, the CT2 config and the .pt), or word timestamps use the wrong heads."""
+    data = source.read_bytes()
+    server.add("/m/mini.pt", data)
+    heads = "alignment_heads = [[2, 1], [1, 3]]\n"
+    registry = _register(tmp_path, "mini", data, server.url("/m/mini.pt"), heads)
+    kw = {"cache_dir": cache_dir, "registry": registry}
+    whisperctl.convert("mini", tmp_path / "hf", "hf", **kw)  # type: ignore[arg-type]
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text("utf-8"))
+    assert sorted(map(tuple, generation["alignment_heads"])) == [(1, 3), (2, 1)]
+    whisperctl.convert("mini", tmp_path / "ct2", "ct2", **kw)  # type: ignore[arg-type]
+    config = json.loads((tmp_path / "ct2" / "config.json").read_text("utf-8"))
+    assert sorted(map(tuple, config["alignment_heads"])) == [(1, 3), (2, 1)]
+    whisperctl.convert("mini", tmp_path / "mini.pt", "openai", **kw)  # type: ignore[arg-type]
+    assert sorted(read_model(tmp_path / "mini.pt").alignment_heads or ()) == [(1, 3), (2, 1)]
 
 
 def test_a_missing_extra_is_one_line_naming_the_install(

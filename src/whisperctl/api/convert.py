@@ -13,6 +13,7 @@ nothing is ever left under ``out``'s name but a finished, checked model.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import time
@@ -193,7 +194,12 @@ def _source(
         progress=progress,
         seconds={},
     )
-    return target.name, read_model(cache.path_for(target)), integrity
+    model = read_model(cache.path_for(target))
+    if model.alignment_heads is None and target.alignment_heads:
+        # The registry's heads (official files carry none): the written model keeps them, so that word
+        # timestamps in transformers, faster-whisper or a later load use the model's own heads.
+        model = dataclasses.replace(model, alignment_heads=tuple(target.alignment_heads), heads_origin=None)
+    return target.name, model, integrity
 
 
 def _check_written(path: Path, fmt: FormatName, source: ModelFile) -> None:
