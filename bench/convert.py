@@ -242,7 +242,9 @@ def model_cases(name: str, pt: Path, work: Path, args: argparse.Namespace) -> li
         ),
     ]
     script = hf_script(args.hf_script)
-    if script is not None:
+    if script is None:
+        print("convert_openai_to_hf.py not found (--hf-script PATH): its row is left out", file=sys.stderr)
+    else:
         argv: tuple[str, ...] = (
             sys.executable,
             "-c",
@@ -262,7 +264,9 @@ def model_cases(name: str, pt: Path, work: Path, args: argparse.Namespace) -> li
         )
     )
     ct2_peer = BIN / "ct2-transformers-converter"
-    if ct2_peer.exists():
+    if not ct2_peer.exists():
+        print(f"{ct2_peer} not found (pip install ctranslate2): its row is left out", file=sys.stderr)
+    else:
         argv = (
             str(ct2_peer),
             "--model",
@@ -287,7 +291,9 @@ def model_cases(name: str, pt: Path, work: Path, args: argparse.Namespace) -> li
         )
     )
     pt_to_ggml = args.whisper_cpp / "models" / "convert-pt-to-ggml.py"
-    if pt_to_ggml.is_file():
+    if not pt_to_ggml.is_file():
+        print(f"{pt_to_ggml} not found (give --whisper-cpp TREE): its row is left out", file=sys.stderr)
+    else:
         argv = (sys.executable, str(pt_to_ggml), str(pt), str(whisper_site()), str(out / "ggml-peer"))
         cases.append(
             Case("openai->ggml", "convert-pt-to-ggml.py", argv, (pt,), out / "ggml-peer", mkdir=True)
