@@ -452,10 +452,10 @@ def test_code_running_pickle_is_refused_and_never_runs(tmp_path: Path, cli: Cli)
         assert len(r.stderr.strip().splitlines()) == 1
     assert not marker.exists()
     # PyTorch's own weights-only loader, the second line of defence, refuses it too.
-    from whisperctl.models.loader import _torch_load
+    from whisperctl.models.formats.weights import torch_load
 
     with pytest.raises(IntegrityError, match="refused by PyTorch"):
-        _torch_load(path, in_memory=False)
+        torch_load(path, in_memory=False)
     assert not marker.exists()
 
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from whisperctl.api.models import PathLike, _ensure_cached, open_context, resolve_target
+from whisperctl.api.models import PathLike, ensure_cached, open_context, resolve_target
 from whisperctl.errors import CacheError, IntegrityError, TorchMissingError, UsageError
 from whisperctl.models.formats import FORMATS, FormatName, ModelFile, read_model
 from whisperctl.models.registry import ModelSpec, Registry
-from whisperctl.store.files import fsync_dir
+from whisperctl.store.files import fsync_path
 from whisperctl.store.hashing import sha256_file
 from whisperctl.store.layout import temporary_path
 
@@ -182,14 +182,12 @@ def _source(
     target = resolve_target(reg, src)
     if not isinstance(target, ModelSpec):
         return None, read_model(target), "not checked"
-    from whisperctl.fetch.download import env_offline
-
-    integrity = _ensure_cached(
+    integrity = ensure_cached(
         target,
         cache,
         reg,
         verify=False,
-        offline=env_offline() if offline is None else offline,
+        offline=offline,
         mirrors=mirrors,
         progress=progress,
         seconds={},
@@ -233,26 +231,18 @@ def _seal(tmp: Path, name: str, *, directory: bool) -> tuple[WrittenFile, ...]:
     """Hash every file written, write ``SHA256SUMS`` in a directory, and make it all durable. A file output
     is recorded under ``name``, the one it is about to take."""
     if not directory:
-        _fsync(tmp)
+        fsync_path(tmp)
         return (WrittenFile(name, tmp.stat().st_size, sha256_file(tmp)),)
     files = []
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        _fsync(path)
+        fsync_path(path)
         files.append(WrittenFile(path.relative_to(tmp).as_posix(), path.stat().st_size, sha256_file(path)))
     sums = tmp / SUMS_NAME
     sums.write_text("".join(f"{f.sha256}  {f.path}\n" for f in files), encoding="utf-8")
-    _fsync(sums)
+    fsync_path(sums)
     for folder in {tmp, *(p for p in tmp.rglob("*") if p.is_dir())}:
-        fsync_dir(folder)
+        fsync_path(folder)
     return (*files, WrittenFile(SUMS_NAME, sums.stat().st_size, sha256_file(sums)))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _place(tmp: Path, out: Path) -> None:
@@ -271,7 +261,7 @@ def _place(tmp: Path, out: Path) -> None:
             raise
         _remove(aside)
     with contextlib.suppress(OSError):
-        fsync_dir(out.parent)
+        fsync_path(out.parent)
 
 
 def _remove(path: Path) -> None:

@@ -321,20 +321,25 @@ def inspect(
     return info
 
 
-def _ensure_cached(
+def ensure_cached(
     spec: ModelSpec,
     cache: Cache,
     reg: Registry,
     *,
     verify: bool,
-    offline: bool,
+    offline: bool | None,
     mirrors: Sequence[str] | None,
     progress: DownloadProgress | None,
     seconds: dict[str, float],
 ) -> str:
-    """Make the model's file present and verified; say how it was checked."""
+    """Make the model's file present and verified; say how it was checked. ``offline=None``: as the
+    environment says (``WHISPERCTL_OFFLINE``)."""
     entry = cache.entry(spec)
     if entry.status in (Status.MISSING, Status.PARTIAL):
+        if offline is None:
+            from whisperctl.fetch.download import env_offline
+
+            offline = env_offline()
         if offline:
             raise NotCachedError(
                 f"{spec.name}: not in the cache ({entry.path}) and offline; "
@@ -426,14 +431,12 @@ def load(
     heads = None
     source: loader.HeadsSource = "default"
     if isinstance(target, ModelSpec):
-        from whisperctl.fetch.download import env_offline
-
-        integrity = _ensure_cached(
+        integrity = ensure_cached(
             target,
             cache,
             reg,
             verify=verify,
-            offline=env_offline() if offline is None else offline,
+            offline=offline,
             mirrors=mirrors,
             progress=progress,
             seconds=seconds,

@@ -33,7 +33,7 @@ from whisperctl.cli.render import (
     render_push,
     render_remove,
 )
-from whisperctl.cli.state import State, output_of, state_of
+from whisperctl.cli.state import JsonOpt, MirrorOpt, OfflineOpt, State, output_of, state_of
 from whisperctl.errors import ExitCode, WhisperctlError
 
 __all__ = ["app", "main"]
@@ -113,7 +113,6 @@ def _main(
         output.debug(f"whisperctl {__version__}; cache {api.resolve_cache_dir(cache_dir)}; registry {reg}")
 
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
 NameArg = Annotated[
     str, typer.Argument(help="Model name or alias (see `whisperctl list`).", show_default=False)
 ]
@@ -329,17 +328,8 @@ def load(
     in_memory: Annotated[
         bool, typer.Option("--in-memory", help="Read the file into memory instead of mapping it.")
     ] = False,
-    mirror: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--mirror",
-            help="Mirror URL, directory or oci:// repository for a download [env: WHISPERCTL_MIRROR].",
-            show_default=False,
-        ),
-    ] = None,
-    offline: Annotated[
-        bool, typer.Option("--offline", help="Never download [env: WHISPERCTL_OFFLINE=1].")
-    ] = False,
+    mirror: MirrorOpt = None,
+    offline: OfflineOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Load a model (downloading it first if needed) onto a device, and report what it took.

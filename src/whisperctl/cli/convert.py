@@ -9,7 +9,7 @@ import typer
 
 from whisperctl import api
 from whisperctl.cli.render import Bars, Output, human_bytes
-from whisperctl.cli.state import state_of
+from whisperctl.cli.state import JsonOpt, MirrorOpt, OfflineOpt, state_of
 
 __all__ = ["convert", "render_convert"]
 
@@ -35,18 +35,9 @@ def convert(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing OUT (once the new one is complete).")
     ] = False,
-    mirror: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--mirror",
-            help="Mirror URL, directory or oci:// repository for a download [env: WHISPERCTL_MIRROR].",
-            show_default=False,
-        ),
-    ] = None,
-    offline: Annotated[
-        bool, typer.Option("--offline", help="Never download [env: WHISPERCTL_OFFLINE=1].")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")] = False,
+    mirror: MirrorOpt = None,
+    offline: OfflineOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Convert a model to another format, written atomically, with the SHA-256 of every file.
 

@@ -5,12 +5,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from whisperctl.cli.render import Output
 
-__all__ = ["State", "output_of", "state_of"]
+__all__ = ["JsonOpt", "MirrorOpt", "OfflineOpt", "State", "output_of", "state_of"]
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
+# The options of a command that downloads a model before its own work (load, convert).
+MirrorOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mirror",
+        help="Mirror URL, directory or oci:// repository for a download [env: WHISPERCTL_MIRROR].",
+        show_default=False,
+    ),
+]
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download [env: WHISPERCTL_OFFLINE=1].")]
 
 
 @dataclass

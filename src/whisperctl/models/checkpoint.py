@@ -91,24 +91,6 @@ class Checkpoint:
     alignment_heads: tuple[tuple[int, int], ...] | None = None
 
     @property
-    def dtypes(self) -> dict[str, int]:
-        """Tensor count per dtype, e.g. ``{"float16": 167}``."""
-        counts: dict[str, int] = {}
-        for t in self.tensors.values():
-            counts[t.dtype] = counts.get(t.dtype, 0) + 1
-        return counts
-
-    @property
-    def dtype(self) -> str:
-        """The one dtype of every tensor, or ``"mixed"``."""
-        dtypes = self.dtypes
-        return next(iter(dtypes)) if len(dtypes) == 1 else "mixed"
-
-    @property
-    def elements(self) -> int:
-        return sum(t.numel for t in self.tensors.values())
-
-    @property
     def tensor_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
 

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import io
 import mmap
 import os
-import pickle
 import resource
 import sys
 import time
@@ -201,21 +199,6 @@ def validate(ckpt: TensorTable) -> None:
             f"{ckpt.path}: refused: n_text_ctx={ckpt.dims.n_text_ctx} needs a {mask_bytes:,}-byte "
             f"causal mask, more than the {ckpt.tensor_bytes:,} bytes of weights; the dims are implausible"
         )
-
-
-def _torch_load(path: Path, in_memory: bool) -> Any:
-    try:
-        if in_memory:
-            return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IntegrityError(
-            f"{path}: refused by PyTorch's weights-only loader ({first}); load only files you trust"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise IntegrityError(f"{path}: PyTorch cannot read it ({first}); download it again") from None
 
 
 class _SkipInit(torch.overrides.TorchFunctionMode):  # type: ignore[misc]
@@ -518,11 +501,10 @@ def _file_source(origin: str | None) -> HeadsSource:
 def _open_state_dict(model: ModelFile, in_memory: bool) -> dict[str, Tensor]:
     """The model's tensors by openai-whisper name: for ``.pt``, ``torch.load`` of the file (mapped, or read
     into memory); for the other formats, views of the mapped files (copied into memory with ``in_memory``)."""
-    if model.format == "openai":
-        checkpoint = _torch_load(model.files[0], in_memory)
-        state_dict: dict[str, Tensor] = checkpoint["model_state_dict"]
-        return state_dict
-    from whisperctl.models.formats.weights import open_weights
+    from whisperctl.models.formats.weights import open_weights, torch_load
 
+    if model.format == "openai":
+        state_dict: dict[str, Tensor] = torch_load(model.files[0], in_memory=in_memory)["model_state_dict"]
+        return state_dict
     weights = open_weights(model)
     return {key: t.clone() if in_memory else t for key, t in weights.items()}

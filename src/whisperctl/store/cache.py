@@ -23,7 +23,7 @@ from pathlib import Path
 
 from whisperctl.errors import CacheError
 from whisperctl.models.registry import ModelSpec
-from whisperctl.store.files import atomic_write_text, fsync_dir, new_file_mode
+from whisperctl.store.files import atomic_write_text, fsync_path, new_file_mode
 from whisperctl.store.layout import (
     LOCK_SUFFIX,
     OWNER_SUFFIX,
@@ -44,7 +44,7 @@ __all__ = [
     "Status",
     "atomic_write_text",  # the store's file operations, for the engine's sidecar writes
     "default_cache_dir",
-    "fsync_dir",
+    "fsync_path",
     "new_file_mode",
     "resolve_cache_dir",
 ]

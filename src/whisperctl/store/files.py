@@ -18,7 +18,7 @@ __all__ = [
     "atomic_write_text",
     "copy_to_new",
     "create_partial",
-    "fsync_dir",
+    "fsync_path",
     "is_disk_full",
     "new_file_mode",
     "open_nofollow",
@@ -56,8 +56,9 @@ def new_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the renames in a directory durable (``OSError`` where the platform or filesystem cannot)."""
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or the renames in a directory, durable (``OSError`` where the platform or
+    filesystem cannot)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -18,7 +18,7 @@ from typing import Literal
 
 from whisperctl.errors import CacheError, IntegrityError
 from whisperctl.models.registry import ModelSpec
-from whisperctl.store.files import atomic_write_text, copy_to_new, fsync_dir
+from whisperctl.store.files import atomic_write_text, copy_to_new, fsync_path
 from whisperctl.store.hashing import sha256_file
 from whisperctl.store.layout import temporary_path
 from whisperctl.store.stamps import Stamp
@@ -110,7 +110,7 @@ def place_file(spec: ModelSpec, source: Path, stamp: Stamp | None, target: Path)
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         with contextlib.suppress(OSError):  # not every platform or filesystem can fsync a directory
-            fsync_dir(target.parent)
+            fsync_path(target.parent)
     except OSError as exc:
         raise CacheError(
             f"{target}: cannot write the export ({exc.strerror or exc}); check the destination's permissions "

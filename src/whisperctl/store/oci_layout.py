@@ -21,7 +21,7 @@ from typing import Any
 
 from whisperctl.errors import CacheError, sanitized
 from whisperctl.models.registry import ModelSpec
-from whisperctl.store.files import atomic_write_text, fsync_dir
+from whisperctl.store.files import atomic_write_text, fsync_path
 from whisperctl.store.mirror import ExportMethod, place_file
 from whisperctl.store.stamps import Stamp
 
@@ -121,7 +121,7 @@ def write_layout(root: Path, models: Sequence[LayoutModel]) -> LayoutReport:
                 index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests}
                 atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
                 with contextlib.suppress(OSError):
-                    fsync_dir(root)
+                    fsync_path(root)
     except OSError as exc:
         raise CacheError(
             f"{root}: cannot write the OCI layout ({exc.strerror or exc}); check the destination's "

@@ -13,7 +13,7 @@ from pathlib import Path
 from whisperctl.errors import CacheError, IntegrityError
 from whisperctl.models.registry import ModelSpec
 from whisperctl.store.cache import Cache
-from whisperctl.store.files import copy_to_new, fsync_dir
+from whisperctl.store.files import copy_to_new, fsync_path
 from whisperctl.store.layout import SIDECAR_SUFFIX, temporary_path, temporary_target
 
 __all__ = ["place_verified", "remove_stale_temporaries", "stale_temporaries"]
@@ -46,7 +46,7 @@ def place_verified(cache: Cache, spec: ModelSpec, digest: str, fd: int) -> str |
     warning = None
     try:
         # The rename itself must survive a power loss, or the stamp could outlive the file it describes.
-        fsync_dir(cache.root)
+        fsync_path(cache.root)
         cache.write_stamp(spec, st, digest)
     except OSError as exc:
         with contextlib.suppress(OSError):

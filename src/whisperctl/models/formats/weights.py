@@ -9,6 +9,7 @@ weights-only loader with ``mmap=True``. The mappings live as long as the tensors
 from __future__ import annotations
 
 import ctypes
+import io
 import mmap
 import os
 import pickle
@@ -23,7 +24,7 @@ import torch
 from whisperctl.errors import IntegrityError
 from whisperctl.models.formats.base import ModelFile, Span, TensorInfo
 
-__all__ = ["TORCH_DTYPES", "PageReleaser", "Weights", "open_weights"]
+__all__ = ["TORCH_DTYPES", "PageReleaser", "Weights", "open_weights", "torch_load"]
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -88,7 +89,7 @@ class Weights(Mapping[str, torch.Tensor]):
             raise ValueError(f"{self.model.path}: {name} has no span and the model has several files")
         source = self.model.files[0]
         if source not in self._pickled:
-            self._pickled[source] = _torch_load(source)
+            self._pickled[source] = torch_load(source)
         return self._pickled[source]
 
 
@@ -121,9 +122,14 @@ def _from_span(mm: mmap.mmap, span: Span, info: TensorInfo, name: str) -> torch.
     return tensor
 
 
-def _torch_load(path: Path) -> dict[str, Any]:
+def torch_load(path: Path, *, in_memory: bool = False) -> dict[str, Any]:
+    """A pickle zip through PyTorch's weights-only loader, mapped (or read into memory); its refusals are
+    one line (exit 4)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if in_memory:
+            obj = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise IntegrityError(
