@@ -11,14 +11,18 @@ and the tensors they need, all fp16, and generated again otherwise. Every load r
 - ``whisper.load_model(path, device=D)`` (it returns float32);
 - ``whisperctl.load_model(path, device=D)`` (float32, as openai-whisper), with ``dtype="fp16"``, and with
   ``into="whisper"`` (an openai-whisper ``Whisper`` built the fast way);
-- the command users run, ``whisperctl load PATH --device D [--dtype fp16] --json`` (on CUDA, fp16 only).
+- the command users run, ``whisperctl load PATH --device D [--dtype fp16] --json`` (on CUDA, fp16 only);
+- on CUDA also: whisperctl fp16 with each tensor moved by ``tensor.to(device)`` (*direct copies*, the path
+  before the pinned staging buffers), and the floor, ``torch.load(path, map_location=D, weights_only=True)``
+  (the file's tensors alone, no model built).
 
 *in-process* is the load call alone (for the command: the report's ``seconds.total``; on CUDA the context is
 created before the clock starts, for every tool), *whole-process* the wall time from spawn to exit, imports
 included; peak RSS comes from ``wait4``, peak GPU memory from ``torch.cuda.max_memory_allocated``. The page
 cache is warm (the file is read just before each run: a kernel may reclaim page cache left unused for a
 while); on CUDA, *cold* rows evict the file first
-(``posix_fadvise(DONTNEED)``) and are compared with reading the file cold. Each whisperctl load is checked:
+(``posix_fadvise(DONTNEED)``) and are compared with reading the file cold and with the floor's cold
+load. Each whisperctl load is checked:
 its parameters must be on the device, in the dtype and in the number expected. The cases run interleaved,
 ``--runs`` times each (median times, highest memory); before each run the benchmark waits a little for the
 CPUs to be idle and it records the CPU other processes used meanwhile. Results go to bench/results/load.md
@@ -80,8 +84,11 @@ class Case:
     tool: str  # "whisper", "whisperctl" (library in `python -c`) or "cli" (`whisperctl load --json`)
     dtype: str = "fp32"
     into: str = "whisperctl"
+    staged: bool = True  # whisperctl's copies to CUDA through pinned buffers (off: tensor.to(device) each)
+    gpu_only: bool = False
 
 
+FLOOR = "torch.load map_location (floor)"
 CASES = (
     Case(WHISPER, "whisper"),
     Case("whisperctl.load_model", "whisperctl"),
@@ -89,8 +96,19 @@ CASES = (
     Case('whisperctl.load_model into="whisper"', "whisperctl", into="whisper"),
     Case("whisperctl load --json", "cli"),
     Case("whisperctl load --dtype fp16 --json", "cli", dtype="fp16"),
+    # On CUDA: the same load with each tensor moved by tensor.to(device), and the file's tensors alone moved
+    # by torch.load(path, map_location=device, weights_only=True): no model built, nothing converted.
+    Case(
+        "whisperctl.load_model fp16, direct copies", "whisperctl", dtype="fp16", staged=False, gpu_only=True
+    ),
+    Case(FLOOR, "torch", dtype="fp16", gpu_only=True),
 )
 COLD = Case("whisperctl.load_model fp16, cold", "whisperctl", dtype="fp16")
+COLD_CASES = (
+    COLD,
+    Case("whisperctl.load_model fp16, direct copies, cold", "whisperctl", dtype="fp16", staged=False),
+    Case(FLOOR + ", cold", "torch", dtype="fp16"),
+)
 
 # One load in a fresh process; the last line of stdout is its JSON. Imports are timed apart from the load.
 CHILD = r"""
@@ -102,8 +120,13 @@ if a["tool"] == "whisper":
     import whisper
     def load():
         return whisper.load_model(a["path"], device=a["device"])
+elif a["tool"] == "torch":
+    def load():
+        return torch.load(a["path"], map_location=a["device"], weights_only=True)
 else:
     import whisperctl
+    import whisperctl.models.loader
+    whisperctl.models.loader.STAGED_COPIES = a["staged"]
     def load():
         return whisperctl.load_model(a["path"], device=a["device"], dtype=a["dtype"], into=a["into"])
 cuda = a["device"].startswith("cuda")
@@ -116,8 +139,12 @@ model = load()
 if cuda:
     torch.cuda.synchronize()
 t2 = time.perf_counter()
-params = list(model.parameters())
-tensors = params + list(model.buffers())
+if isinstance(model, dict):  # torch.load: the state dict alone
+    params = list(model["model_state_dict"].values())
+    tensors = params
+else:
+    params = list(model.parameters())
+    tensors = params + list(model.buffers())
 print(json.dumps({
     "import_s": t1 - t0,
     "load_s": t2 - t1,
@@ -183,7 +210,11 @@ def _valid(path: Path, dims: dict[str, int]) -> bool:
         ckpt = read_checkpoint(path)
     except (WhisperctlError, OSError):
         return False
-    return ckpt.dims.as_dict() == dims and ckpt.dtype == "float16" and not check_tensors(ckpt)
+    return (
+        ckpt.dims.as_dict() == dims
+        and {t.dtype for t in ckpt.tensors.values()} == {"float16"}
+        and not check_tensors(ckpt)
+    )
 
 
 def ensure_checkpoint(work: Path, name: str, *, timeout: float) -> Path:
@@ -254,11 +285,24 @@ class Run:
     error: str | None = None
 
 
+def _whisperctl() -> list[str]:
+    """The console script, or ``python -m whisperctl`` where the package is not installed (a source tree)."""
+    script = BIN / "whisperctl"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "whisperctl"]
+
+
 def _command(case: Case, path: Path, device: str) -> list[str]:
     if case.tool == "cli":
-        cmd = [str(BIN / "whisperctl"), "load", str(path), "--device", device, "--json"]
+        cmd = [*_whisperctl(), "load", str(path), "--device", device, "--json"]
         return cmd + (["--dtype", case.dtype] if case.dtype != "fp32" else [])
-    args = {"tool": case.tool, "path": str(path), "device": device, "dtype": case.dtype, "into": case.into}
+    args = {
+        "tool": case.tool,
+        "path": str(path),
+        "device": device,
+        "dtype": case.dtype,
+        "into": case.into,
+        "staged": case.staged,
+    }
     return [sys.executable, "-c", CHILD, json.dumps(args)]
 
 
@@ -329,7 +373,7 @@ def run_case(ctx: Context, model: str, path: Path, device: str, case: Case, *, c
         run.in_s, run.import_s = report["load_s"], report["import_s"]
         run.gpu_bytes, run.weight_bytes = report["peak_gpu_bytes"], report["weight_bytes"]
         run.check = _check(case, device, report["devices"], report["dtypes"], report["parameters"], want)
-    run.ok = run.check == "ok" or case.tool == "whisper"  # whisper's rows are the reference, not checked
+    run.ok = run.check == "ok" or case.tool in ("whisper", "torch")  # references, not checked
     return run
 
 
@@ -440,7 +484,7 @@ def targets(rows: list[Row], devices: Sequence[str], cold_read_s: dict[str, floa
         read = cold_read_s.get(m)
         text = f"GPU {m} fp16, cold in-process / cold read of the file ({fmt(read, '.2f', ' s')})"
         at_most(ratio(cold and cold.in_s, read), 1.3, text)
-    ours = [r for r in rows if r.case != WHISPER]
+    ours = [r for r in rows if r.case != WHISPER and not r.case.startswith(FLOOR)]
     if ours:
         bad = [f"{r.model}/{r.device}/{r.case}" for r in ours if r.failed or r.check != "ok"]
         text = "every whisperctl load succeeded, with the expected device, dtype and parameter count"
@@ -499,6 +543,18 @@ def render(rows: list[Row], info: dict[str, str], args: argparse.Namespace, extr
     if extra["cold_read_s"]:
         reads = ", ".join(f"{m} {s:.2f} s" for m, s in extra["cold_read_s"].items())
         lines += ["", f"Reading the file cold (after `posix_fadvise(DONTNEED)`, 16 MiB reads): {reads}."]
+    for device in extra["devices"]:
+        for m in dict.fromkeys(r.model for r in rows if r.device == device):
+            floor = _find(rows, m, device, FLOOR)
+            if floor is None:
+                continue
+            parts = []
+            for key, cold in (("whisperctl.load_model fp16", False), (COLD.key, True)):
+                ours = _find(rows, m, device, key, cold=cold)
+                base = _find(rows, m, device, FLOOR + (", cold" if cold else ""), cold=cold)
+                times = ratio(ours and ours.in_s, base and base.in_s)
+                parts.append(f"{'cold' if cold else 'warm'} {fmt(times, '.2f', 'x')}")
+            lines += ["", f"{m} on {device}: whisperctl fp16 in-process / the floor's: {', '.join(parts)}."]
     lines += ["", "Targets (issue; large-v3):", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {text}" for ok, text in extra["targets"]]
     if not any(r.model == TARGET_MODEL for r in rows):
@@ -523,7 +579,7 @@ def _note(r: Row) -> str:
         notes.append(" ".join(f"{k} {v:.2f}" for k, v in r.phases.items()))
     elif r.import_s is not None:
         notes.append(f"imports {r.import_s:.2f}")
-    if r.check not in ("ok", "") and r.case != WHISPER:
+    if r.check not in ("ok", "") and r.case != WHISPER and not r.case.startswith(FLOOR):
         notes.append(f"CHECK FAILED: {r.check}")
     if r.failed:
         notes.append(f"{r.failed}/{r.runs} runs failed: {(r.error or '').replace('|', '/')[:200]}")
@@ -637,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Import caches (bytecode, shared libraries) are warmed too: the first `import whisper` is seconds slower.
     for cmd in (
         [sys.executable, "-c", "import whisper, whisperctl.models.loader"],
-        [str(BIN / "whisperctl"), "--help"],
+        [*_whisperctl(), "--help"],
     ):
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False)
     for model in args.models:
@@ -650,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for case in CASES:
                     if case.tool == "cli" and device.startswith("cuda") and case.dtype == "fp32":
                         continue  # on the GPU the command's fp16 row is the one users run
+                    if case.gpu_only and not device.startswith("cuda"):
+                        continue
                     run = run_case(ctx, model, path, device, case)
                     runs.append(run)
                     print(
@@ -662,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             else ""
                         )
                         + (f"  ERROR {run.error}" if run.error else "")
-                        + (f"  CHECK {run.check}" if run.check not in ("ok", "") else ""),
+                        + (f"  CHECK {run.check}" if not run.ok and run.check not in ("ok", "") else ""),
                         file=sys.stderr,
                         flush=True,
                     )
@@ -671,7 +729,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for _ in range(args.runs):
                     evict(path)
                     reads.append(read_file(path))
-                    runs.append(run_case(ctx, model, path, device, COLD, cold=True))
+                    for case in COLD_CASES:
+                        runs.append(run_case(ctx, model, path, device, case, cold=True))
                 cold_read_s[model] = statistics.median(reads)
                 read_file(path)
         sources.append(source_fingerprint())

@@ -346,6 +346,7 @@ def test_missing_paths_and_unknown_names(tmp_path: Path, cli: Cli) -> None:
         whisperctl.load(tmp_path / "nope.pt")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fp16_load(smallest: Path) -> None:
     loaded = whisperctl.load(smallest, device="cuda", dtype="fp16")

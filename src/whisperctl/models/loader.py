@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import mmap
 import os
 import resource
@@ -44,6 +45,7 @@ from whisperctl.errors import DeviceError, IntegrityError, UsageError
 from whisperctl.models.checkpoint import TensorTable, check_tensors
 from whisperctl.models.dims import ModelDimensions, ParameterCounts
 from whisperctl.models.formats import ModelFile, read_model
+from whisperctl.models.staging import Job, copy_to_device
 
 __all__ = [
     "DTYPES",
@@ -81,6 +83,9 @@ DTYPES: dict[str, torch.dtype] = {
 # The causal mask (n_text_ctx^2 float32) is computed, not read: a file must not make us allocate more for it
 # than the weights it holds, or this much, whichever is larger.
 MAX_COMPUTED_BYTES = 1 << 30
+# Copies to CUDA through pinned buffers (:mod:`.staging`); off, each tensor goes by ``tensor.to(device)``
+# (the benchmark measures both).
+STAGED_COPIES = True
 
 
 @dataclass(frozen=True)
@@ -297,8 +302,11 @@ def _convert(
 ) -> None:
     """Every floating tensor to ``dtype`` on ``device``, one at a time, releasing each source as it goes.
 
-    Sparse buffers (openai-whisper's ``alignment_heads``) are left alone: :func:`_set_heads` places them.
+    To CUDA the copies go through :func:`.staging.copy_to_device` (pinned buffers, asynchronous, the files
+    read ahead) unless :data:`STAGED_COPIES` is off; elsewhere tensor by tensor. Sparse buffers
+    (openai-whisper's ``alignment_heads``) are left alone: :func:`_set_heads` places them.
     """
+    jobs: list[Job] = []
     with torch.no_grad():
         for module in model.modules():
             for table in (module._parameters, module._buffers):
@@ -310,17 +318,32 @@ def _convert(
                         target = torch.float32 if tensor.is_floating_point() else tensor.dtype
                     if tensor.device == device and tensor.dtype == target:
                         continue
-                    if tensor.device != device and tensor.element_size() <= target.itemsize:
-                        # Move the smaller representation across (fp16 over PCIe), convert on the device.
-                        new = tensor.to(device).to(target)
-                    else:
-                        new = tensor.to(target).to(device)
-                    if isinstance(tensor, nn.Parameter):
-                        table[key] = nn.Parameter(new, requires_grad=tensor.requires_grad)
-                    else:
-                        table[key] = new
-                    release(tensor)
-                    del tensor, new
+                    # Move the smaller representation across (fp16 over PCIe), convert on the device.
+                    carried = tensor.dtype if tensor.element_size() <= target.itemsize else target
+                    place = functools.partial(_place, table, key, tensor, target, release)
+                    if device.type == "cuda" and tensor.device.type == "cpu" and STAGED_COPIES:
+                        jobs.append(Job(tensor, carried, place))
+                        continue
+                    place(tensor.to(carried).to(device))
+                    del tensor
+        copy_to_device(jobs, device)
+
+
+def _place(
+    table: dict[str, Any],
+    key: str,
+    source: Tensor,
+    target: torch.dtype,
+    release: Callable[[Tensor], None],
+    moved: Tensor,
+) -> None:
+    """``moved`` (``source`` on the device) in ``target`` dtype into ``table[key]``; the source's pages go."""
+    new = moved.to(target)
+    if isinstance(source, nn.Parameter):
+        table[key] = nn.Parameter(new, requires_grad=source.requires_grad)
+    else:
+        table[key] = new
+    release(source)
 
 
 def _part(name: str, module: nn.Module) -> PartReport:
@@ -436,6 +459,9 @@ def load_checkpoint(
     target_dtype = resolve_dtype(dtype)
     target = resolve_device(device)
     if target.type == "cuda":
+        # CUDA starts lazily, and its memory statistics do not exist before it has (in a fresh process whose
+        # first CUDA call this is, resetting them would fail).
+        torch.cuda.init()
         torch.cuda.reset_peak_memory_stats(target)
     started = time.perf_counter()
     with _timer(seconds, "open"):
