@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -137,7 +138,7 @@ class SpecialTokens:
     def languages(self) -> list[str]:
         return LANGUAGES[:100] if self.n_vocab >= 51866 else LANGUAGES[:99]
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
         return [
             "<|endoftext|>",
@@ -152,12 +153,17 @@ class SpecialTokens:
             *(f"<|{i * 0.02:.2f}|>" for i in range(TIMESTAMPS)),
         ]
 
-    @property
+    @cached_property
     def eot(self) -> int:
         return self.n_vocab - len(self.names)
 
+    @cached_property
+    def ids(self) -> dict[str, int]:
+        """Every special token's id, by name."""
+        return {name: self.eot + i for i, name in enumerate(self.names)}
+
     def id(self, name: str) -> int:
-        return self.eot + self.names.index(name)
+        return self.ids[name]
 
     @property
     def language_ids(self) -> dict[str, int]:
@@ -177,18 +183,21 @@ def _byte_chars() -> dict[int, str]:
 
 
 BYTE_CHARS = _byte_chars()
+_SPELLING = dict(BYTE_CHARS)  # str.translate's table: code point (= byte) -> character
 
 
 def bpe(ranks: dict[bytes, int], data: bytes, max_rank: int | None = None) -> list[bytes]:
     """Byte-pair encoding of ``data`` with tiktoken ranks, merging only pairs ranked below ``max_rank``."""
-    parts = [bytes([b]) for b in data]
+    parts = [data[i : i + 1] for i in range(len(data))]
+    limit = sys.maxsize if max_rank is None else max_rank
+    get = ranks.get
     while len(parts) > 1:
-        best, at = None, -1
+        best, at = limit, -1
         for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and (max_rank is None or rank < max_rank) and (best is None or rank < best):
+            rank = get(parts[i] + parts[i + 1], limit)
+            if rank < best:
                 best, at = rank, i
-        if best is None:
+        if at < 0:
             break
         parts[at : at + 2] = [parts[at] + parts[at + 1]]
     return parts
@@ -209,7 +218,7 @@ class Vocabulary:
 
     @staticmethod
     def spell(token: bytes) -> str:
-        return "".join(BYTE_CHARS[b] for b in token)
+        return token.decode("latin-1").translate(_SPELLING)
 
     @cached_property
     def tokens(self) -> list[str]:
