@@ -280,3 +280,37 @@ def test_a_large_push_reads_the_file_in_bounded_memory(tmp_path: Path, registry:
     assert done.returncode == 0, done.stderr
     peak_kib = int(done.stderr.split("peak")[-1])
     assert peak_kib < 150 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB for a {len(blob.data) >> 20} MiB push"
+
+
+def test_the_file_body_reads_ahead_and_ends_cleanly(tmp_path: Path) -> None:
+    """The body a PATCH sends: every byte in order, read ahead in a thread; a file found shorter than it was
+    verified is one IntegrityError; a body abandoned mid-way leaves no descriptor open."""
+    from whisperctl.errors import IntegrityError
+    from whisperctl.fetch.oci import push
+
+    data = os.urandom(3 * push.READ_BUFFER + 12345)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    options = PushOptions(state_dir=tmp_path / "uploads")
+
+    async def collect(offset: int, length: int, stop_after: int | None = None) -> bytes:
+        body = push._FileBody(path, offset, length, options)
+        out = b""
+        chunks = body.chunks()
+        try:
+            async for chunk in chunks:
+                out += chunk
+                if stop_after is not None and len(out) >= stop_after:
+                    break
+        finally:
+            await chunks.aclose()
+        return out
+
+    fds = len(os.listdir("/proc/self/fd"))
+    assert asyncio.run(collect(0, len(data))) == data
+    assert asyncio.run(collect(777, 2 * push.READ_BUFFER)) == data[777 : 777 + 2 * push.READ_BUFFER]
+    assert asyncio.run(collect(0, len(data), stop_after=1)) == data[: push.READ_BUFFER]
+    with pytest.raises(IntegrityError, match="shorter than when it was verified"):
+        asyncio.run(collect(0, len(data) + 1))
+    time.sleep(0.1)  # a read abandoned mid-way closes its descriptor once it ends
+    assert len(os.listdir("/proc/self/fd")) == fds

@@ -23,6 +23,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,7 @@ __all__ = ["DEFAULT_CHUNK", "READ_BUFFER", "BlobPush", "PushOptions", "push_arti
 
 MiB = 1024 * 1024
 DEFAULT_CHUNK = 64 * MiB  # one PATCH; what an interruption can cost at most
-READ_BUFFER = 4 * MiB  # one read from the cache, into the same buffer each time
+READ_BUFFER = 4 * MiB  # one read from the cache, sent as it is read
 _RANGE = re.compile(r"^(?:bytes=)?0-(\d+)$")
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 
@@ -280,8 +281,9 @@ async def _resume(
 
 
 class _FileBody:
-    """Up to ``length`` bytes of ``path`` from ``offset``, read in a thread (the event loop never waits on
-    the disk), ``READ_BUFFER`` at a time into one reused buffer; ends early once ``stop()`` says so."""
+    """Up to ``length`` bytes of ``path`` from ``offset``, ``READ_BUFFER`` at a time, each read in a thread
+    (the event loop never waits on the disk) straight into the bytes that are sent, the next read under
+    way while one is being sent; ends early once ``stop()`` says so."""
 
     def __init__(self, path: Path, offset: int, length: int, options: PushOptions) -> None:
         self.path, self.offset, self.length = path, offset, length
@@ -290,26 +292,37 @@ class _FileBody:
         self.stopped = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        buffer = bytearray(min(READ_BUFFER, self.length))
-        view = memoryview(buffer)
         fd = await asyncio.to_thread(os.open, self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+        def read(at: int) -> bytes:
+            return os.pread(fd, min(READ_BUFFER, self.length - at), self.offset + at)
+
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisperctl-push-read")
+        ahead: Future[bytes] | None = reader.submit(read, 0) if self.length > 0 else None
         try:
-            while self.sent < self.length:
+            while ahead is not None:
                 if self.stop is not None and self.stop():
                     self.stopped = True
                     return
-                want = min(len(buffer), self.length - self.sent)
-                n = await asyncio.to_thread(os.preadv, fd, [view[:want]], self.offset + self.sent)
-                if n == 0:
+                data = await asyncio.wrap_future(ahead)
+                ahead = None
+                if not data:
                     raise IntegrityError(
                         f"{self.path}: shorter than when it was verified; run `whisperctl verify --repair`"
                     )
-                yield bytes(view[:n])
-                self.sent += n
+                following = self.sent + len(data)
+                if following < self.length:
+                    ahead = reader.submit(read, following)
+                yield data
+                self.sent = following
                 if self.on_bytes is not None:
-                    self.on_bytes(n)
+                    self.on_bytes(len(data))
         finally:
-            os.close(fd)
+            reader.shutdown(wait=False, cancel_futures=True)
+            if ahead is None:
+                os.close(fd)
+            else:  # closed once the read under way (if any) has ended, never under it
+                ahead.add_done_callback(lambda _: os.close(fd))
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
