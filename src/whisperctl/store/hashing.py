@@ -40,6 +40,7 @@ def copy_hashing(src: int, dst: int, *, on_bytes: Callable[[int], object] | None
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
+    writeback = Writeback(dst)  # the caller's fsync then finds most of the copy on disk
     offset = 0
     while n := os.preadv(src, [buf], offset):
         h.update(view[:n])
@@ -47,6 +48,7 @@ def copy_hashing(src: int, dst: int, *, on_bytes: Callable[[int], object] | None
         while done < n:
             done += os.pwrite(dst, view[done:n], offset + done)
         offset += n
+        writeback.advance(offset)
         if on_bytes is not None:
             on_bytes(n)
     return h.hexdigest(), offset
