@@ -209,16 +209,25 @@ class Connection:
         """Bytes from the connection itself (never from ``buffer``) into ``view``; 0 at the end."""
         if self.tls is None:
             return await self._recv_into(view, timeout)
+        # One TLS read gives one record (16 KiB at most): every record the ciphertext already taken holds
+        # goes into ``view`` at once, so the caller's work per call is spread over up to 256 KiB.
+        total = 0
         while True:
             try:
                 # With a buffer, read() returns a count (typeshed says bytes).
-                count: Any = self.tls.read(len(view), view)
-                return int(count)
+                count: Any = self.tls.read(len(view) - total, view[total:])
+                total += int(count)
+                if total < len(view) and count:
+                    continue
+                return total
             except ssl.SSLWantReadError:
-                pass
+                if total:
+                    return total
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                return 0  # close_notify, or a close without it: the framing says whether that is early
+                return total  # close_notify, or a close without it: the framing says whether that is early
             except ssl.SSLError as exc:
+                if total:
+                    return total  # the bytes before the bad record first; the next read fails again
                 raise httpx.ReadError(_detail(exc)) from exc
             await self._flush()  # TLS 1.3 may have something to say back (a key update)
             if not await self._pull(timeout):
