@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from whisperctl.api.models import PathLike, ensure_cached, open_context, resolve_target
-from whisperctl.errors import CacheError, IntegrityError, TorchMissingError, UsageError
+from whisperctl.errors import CacheError, IntegrityError, UsageError
 from whisperctl.models.formats import FORMATS, FormatName, ModelFile, read_model
 from whisperctl.models.registry import ModelSpec, Registry
 from whisperctl.store.files import fsync_path
@@ -96,13 +96,10 @@ def convert(
     from whisperctl.models.formats.writers import dependency_error, load_writer
 
     write = load_writer(fmt)  # a missing extra is said before any download
-    try:
-        from whisperctl.models.formats.weights import open_weights
-        from whisperctl.models.loader import peak_rss, validate
-    except ImportError as exc:  # pragma: no cover - the writer imported PyTorch already
-        if exc.name is not None and exc.name.split(".")[0] == "torch":
-            raise TorchMissingError(f"converting to {fmt}") from None
-        raise
+    from whisperctl.models.checkpoint import validate
+    from whisperctl.models.formats.arrays import open_arrays
+    from whisperctl.models.usage import peak_rss
+
     name, model, integrity = _source(src, cache_dir, registry, mirrors, offline, progress)
     validate(model)
     _check_not_source(out, model)
@@ -110,7 +107,7 @@ def convert(
     try:
         if _is_dir_format(fmt):
             tmp.mkdir()
-        weights = open_weights(model)
+        weights = open_arrays(model)
         try:
             write(model, weights, tmp, dtype=target_dtype)
         except ImportError as exc:  # a writer that imports its libraries when it starts

@@ -9,17 +9,21 @@ names a tensor dictionary needs, so that:
 * ``whisperctl info`` shows dims, dtypes and tensor shapes in milliseconds, without importing torch;
 * the loader refuses a malformed or hostile file before torch ever opens it: a pickle that names any other
   callable (a code-running ``__reduce__`` payload) fails here, and so does a compressed entry (zip bomb), a
-  storage that lies outside its entry, or dims that do not match the tensors.
+  storage that lies outside its entry, or dims that do not match the tensors;
+* every tensor stored contiguously gets the byte offset of its data in the file (its entry's data starts
+  after the entry's local header, whose name and extra field lengths are read from that header itself), so
+  that its bytes can be mapped without PyTorch (:class:`~.formats.base.Span`).
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import struct
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +32,7 @@ from whisperctl.errors import IntegrityError
 from whisperctl.models.dims import ModelDimensions, count_parameters, state_dict_shapes
 
 __all__ = [
+    "MAX_COMPUTED_BYTES",
     "Checkpoint",
     "TensorMeta",
     "TensorTable",
@@ -35,6 +40,7 @@ __all__ = [
     "check_tensors",
     "read_checkpoint",
     "read_state_dict",
+    "validate",
 ]
 
 # The legacy storage classes that torch.save names for each dtype, and their element sizes.
@@ -53,6 +59,11 @@ _STORAGES: dict[str, tuple[str, int]] = {
 ITEMSIZE = dict(_STORAGES.values())
 FLOAT_DTYPES = frozenset({"float16", "float32", "bfloat16"})
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # an official data.pkl is under 200 KB
+# The causal mask (n_text_ctx^2 float32) is computed, not read: a file must not make us allocate more for it
+# than the weights it holds, or this much, whichever is larger.
+MAX_COMPUTED_BYTES = 1 << 30
+_LOCAL = struct.Struct("<IHHHHHIIIHH")  # a zip local file header (30 bytes)
+_LOCAL_SIG = 0x04034B50
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,9 @@ class TensorMeta:
     storage_key: str
     storage_numel: int
     offset: int  # in elements, into the storage
+    contiguous: bool = True  # C order in its storage (strides of its shape), as torch.save writes parameters
+    # Where its first element lies in the file, when it is contiguous (None: only PyTorch can read it).
+    file_offset: int | None = None
 
     @property
     def itemsize(self) -> int:
@@ -143,8 +157,23 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any, 
             f"which holds {storage.numel}"
         )
     return TensorMeta(
-        shape=size, dtype=storage.dtype, storage_key=storage.key, storage_numel=storage.numel, offset=offset
+        shape=size,
+        dtype=storage.dtype,
+        storage_key=storage.key,
+        storage_numel=storage.numel,
+        offset=offset,
+        contiguous=_c_order(size, stride),
     )
+
+
+def _c_order(size: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether ``stride`` lays ``size`` out in C order (axes of one element may have any stride)."""
+    expected = 1
+    for n, s in zip(reversed(size), reversed(stride), strict=True):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
 
 
 class _Unpickler(pickle.Unpickler):
@@ -202,12 +231,12 @@ def read_state_dict(path: Path | str) -> tuple[int, dict[str, TensorMeta]]:
     return size, _tensors(path, obj, records, prefix)
 
 
-def _load(path: Path) -> tuple[int, Any, dict[str, int], str]:
+def _load(path: Path) -> tuple[int, Any, dict[str, _Entry], str]:
     try:
         size = path.stat().st_size
-        with zipfile.ZipFile(path) as zf:
+        with open(path, "rb") as raw, zipfile.ZipFile(raw) as zf:
             infos = zf.infolist()
-            records = _check_entries(path, infos, size)
+            records = _check_entries(path, infos, size, raw)
             pickles = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
             if len(pickles) != 1:
                 raise _fail(path, "not a PyTorch checkpoint (no single data.pkl in the archive)")
@@ -234,8 +263,16 @@ def _load(path: Path) -> tuple[int, Any, dict[str, int], str]:
     return size, obj, records, prefix
 
 
-def _check_entries(path: Path, infos: list[zipfile.ZipInfo], size: int) -> dict[str, int]:
-    records: dict[str, int] = {}
+@dataclass(frozen=True)
+class _Entry:
+    size: int  # bytes of data
+    data_offset: int  # where they start in the file
+
+
+def _check_entries(
+    path: Path, infos: list[zipfile.ZipInfo], size: int, raw: io.BufferedReader
+) -> dict[str, _Entry]:
+    records: dict[str, _Entry] = {}
     for info in infos:
         if info.compress_type != zipfile.ZIP_STORED:
             raise _fail(path, f"archive entry {info.filename} is compressed (torch.save never compresses)")
@@ -243,11 +280,30 @@ def _check_entries(path: Path, infos: list[zipfile.ZipInfo], size: int) -> dict[
             raise _fail(path, f"archive entry {info.filename} claims more bytes than the file holds")
         if info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES:
             raise _fail(path, f"its pickle is {info.file_size} bytes (at most {MAX_PICKLE_BYTES} expected)")
-        records[info.filename] = info.file_size
+        records[info.filename] = _Entry(info.file_size, _data_offset(path, info, size, raw))
     return records
 
 
-def _checkpoint(path: Path, size: int, obj: Any, records: dict[str, int], prefix: str) -> Checkpoint:
+def _data_offset(path: Path, info: zipfile.ZipInfo, size: int, raw: io.BufferedReader) -> int:
+    """Where ``info``'s data starts: after its local header, name and extra field, as the local header
+    itself gives their lengths (torch.save pads the local extra field to align the data; the central
+    directory's copy of it differs)."""
+    raw.seek(info.header_offset)
+    head = raw.read(_LOCAL.size)
+    if len(head) != _LOCAL.size or _LOCAL.unpack(head)[0] != _LOCAL_SIG:
+        raise _fail(path, f"archive entry {info.filename} has no local header where its directory says")
+    fields = _LOCAL.unpack(head)
+    name_length, extra_length = int(fields[9]), int(fields[10])
+    encoding = "utf-8" if info.flag_bits & 0x800 else "cp437"
+    if fields[3] != zipfile.ZIP_STORED or raw.read(name_length) != info.orig_filename.encode(encoding):
+        raise _fail(path, f"archive entry {info.filename}: its local header disagrees with its directory")
+    start = info.header_offset + _LOCAL.size + name_length + extra_length
+    if start + info.file_size > size:
+        raise _fail(path, f"archive entry {info.filename} claims more bytes than the file holds")
+    return start
+
+
+def _checkpoint(path: Path, size: int, obj: Any, records: dict[str, _Entry], prefix: str) -> Checkpoint:
     if not isinstance(obj, dict) or "dims" not in obj or "model_state_dict" not in obj:
         kind = (
             f"a dict with keys {sorted(map(str, obj))[:5]}" if isinstance(obj, dict) else type(obj).__name__
@@ -280,7 +336,9 @@ def _heads(path: Path, value: Any) -> tuple[tuple[int, int], ...] | None:
     return tuple((p[0], p[1]) for p in value)
 
 
-def _tensors(path: Path, sd: dict[Any, Any], records: dict[str, int], prefix: str) -> dict[str, TensorMeta]:
+def _tensors(
+    path: Path, sd: dict[Any, Any], records: dict[str, _Entry], prefix: str
+) -> dict[str, TensorMeta]:
     tensors: dict[str, TensorMeta] = {}
     not_tensors = []
     for key, value in sd.items():
@@ -291,11 +349,17 @@ def _tensors(path: Path, sd: dict[Any, Any], records: dict[str, int], prefix: st
     if not_tensors:
         raise _fail(path, f"entries that are not tensors: {', '.join(not_tensors[:5])}")
     for key, t in tensors.items():
-        stored = records.get(f"{prefix}data/{t.storage_key}")
-        if stored is None:
+        entry = records.get(f"{prefix}data/{t.storage_key}")
+        if entry is None:
             raise _fail(path, f"tensor {key} has no storage entry data/{t.storage_key} (truncated?)")
-        if t.storage_numel * t.itemsize != stored:
-            raise _fail(path, f"tensor {key}: its storage entry holds {stored} bytes, not what it declares")
+        if t.storage_numel * t.itemsize != entry.size:
+            raise _fail(
+                path, f"tensor {key}: its storage entry holds {entry.size} bytes, not what it declares"
+            )
+        # The unpickler checked that the tensor's elements lie inside its storage, and the storage fills
+        # its entry exactly, which lies inside the file: its bytes are the entry's, from its offset on.
+        if t.contiguous:
+            tensors[key] = replace(t, file_offset=entry.data_offset + t.offset * t.itemsize)
     return tensors
 
 
@@ -343,3 +407,19 @@ def check_size(ckpt: TensorTable) -> str | None:
             f"but its files hold {ckpt.size_bytes:,} bytes"
         )
     return None
+
+
+def validate(ckpt: TensorTable) -> None:
+    """Refuse, in one message and before any allocation, a checkpoint that cannot load strictly."""
+    problems = check_tensors(ckpt)
+    if problems:
+        raise IntegrityError(
+            f"{ckpt.path}: refused: its tensors do not match its dims ({'; '.join(problems)}); "
+            "it is not a Whisper checkpoint of these dims, or it is damaged"
+        )
+    mask_bytes = ckpt.dims.n_text_ctx**2 * 4
+    if mask_bytes > max(MAX_COMPUTED_BYTES, ckpt.tensor_bytes):
+        raise IntegrityError(
+            f"{ckpt.path}: refused: n_text_ctx={ckpt.dims.n_text_ctx} needs a {mask_bytes:,}-byte "
+            f"causal mask, more than the {ckpt.tensor_bytes:,} bytes of weights; the dims are implausible"
+        )

@@ -30,7 +30,6 @@ import ctypes
 import functools
 import mmap
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,10 +41,11 @@ import torch
 from torch import Tensor, nn
 
 from whisperctl.errors import DeviceError, IntegrityError, UsageError
-from whisperctl.models.checkpoint import TensorTable, check_tensors
+from whisperctl.models.checkpoint import validate
 from whisperctl.models.dims import ModelDimensions, ParameterCounts
 from whisperctl.models.formats import ModelFile, read_model
 from whisperctl.models.staging import Job, copy_to_device
+from whisperctl.models.usage import peak_rss
 
 __all__ = [
     "DTYPES",
@@ -80,9 +80,6 @@ DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
 }
-# The causal mask (n_text_ctx^2 float32) is computed, not read: a file must not make us allocate more for it
-# than the weights it holds, or this much, whichever is larger.
-MAX_COMPUTED_BYTES = 1 << 30
 # Copies to CUDA through pinned buffers (:mod:`.staging`); off, each tensor goes by ``tensor.to(device)``
 # (the benchmark measures both).
 STAGED_COPIES = True
@@ -188,22 +185,6 @@ def resolve_device(value: str | torch.device | None) -> torch.device:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def validate(ckpt: TensorTable) -> None:
-    """Refuse, in one message and before any allocation, a checkpoint that cannot load strictly."""
-    problems = check_tensors(ckpt)
-    if problems:
-        raise IntegrityError(
-            f"{ckpt.path}: refused: its tensors do not match its dims ({'; '.join(problems)}); "
-            "it is not a Whisper checkpoint of these dims, or it is damaged"
-        )
-    mask_bytes = ckpt.dims.n_text_ctx**2 * 4
-    if mask_bytes > max(MAX_COMPUTED_BYTES, ckpt.tensor_bytes):
-        raise IntegrityError(
-            f"{ckpt.path}: refused: n_text_ctx={ckpt.dims.n_text_ctx} needs a {mask_bytes:,}-byte "
-            f"causal mask, more than the {ckpt.tensor_bytes:,} bytes of weights; the dims are implausible"
-        )
 
 
 class _SkipInit(torch.overrides.TorchFunctionMode):  # type: ignore[misc]
@@ -358,20 +339,6 @@ def _part(name: str, module: nn.Module) -> PartReport:
         parameters=sum(p.numel() for p in params),
         bytes=nbytes,
     )
-
-
-def peak_rss() -> int:
-    """This process's peak resident set. On Linux VmHWM, which starts afresh at exec: ru_maxrss carries the
-    high-water mark of the process that forked this one (a large parent would show as our peak)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 @contextlib.contextmanager

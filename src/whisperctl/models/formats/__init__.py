@@ -2,7 +2,8 @@
 
 One module per format: ``openai`` (``.pt``), ``hf`` (transformers directories), ``ct2`` (CTranslate2
 directories), ``ggml`` (whisper.cpp files). Each has ``sniff(head) -> bool`` for a single file's first bytes
-and ``read(path) -> ModelFile`` (no PyTorch, headers only); writers live beside them and import PyTorch.
+and ``read(path) -> ModelFile`` (no PyTorch, headers only); writers live beside them and take numpy arrays
+(:mod:`.arrays`); only ``openai``'s imports PyTorch.
 :func:`read_model` picks the reader.
 """
 

@@ -3,7 +3,8 @@
 A reader (one module per format, no PyTorch) parses only headers, configs and pickles, and describes every
 tensor in openai-whisper's own names and shapes (``encoder.blocks.0.attn.query.weight``), with where its bytes
 lie in the file (a :class:`Span`) when the format stores raw arrays. The loader, ``info`` and every writer
-work on that one description; :mod:`.weights` turns it into PyTorch tensors mapped from the files.
+work on that one description; :mod:`.arrays` turns it into numpy arrays mapped from the files, and
+:mod:`.weights` those into PyTorch tensors.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
     source: str  # its name in the file (the HF or CT2 name; the same for .pt)
-    span: Span | None = None  # None: the file is a pickle zip that PyTorch's weights-only loader maps
+    span: Span | None = None  # None: a pickled tensor only PyTorch's weights-only loader reads (strided)
 
     @property
     def itemsize(self) -> int:

@@ -5,7 +5,7 @@ filters are openai-whisper's own (``mel_filters.npz``: ``mel_80``, or ``mel_128`
 the vocabulary is the model's tiktoken file, every ordinary token's bytes in rank order (whisper.cpp names
 the special tokens itself). Tensors follow in openai-whisper's state-dict order, one at a time from the
 mapped source: in a float16 file the 1-D tensors, the conv biases and both positional embeddings stay
-float32, as whisper.cpp requires.
+float32, as whisper.cpp requires. numpy casts and writes them (no PyTorch).
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ import struct
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from whisperctl.errors import IntegrityError, UsageError
 from whisperctl.models.dims import state_dict_shapes
 from whisperctl.models.formats import assets
+from whisperctl.models.formats.arrays import PageReleaser, as_dtype
 from whisperctl.models.formats.base import ModelFile
 from whisperctl.models.formats.ggml import HPARAMS, MAGIC, stored_dtype, stored_shape
-from whisperctl.models.formats.weights import PageReleaser
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["write"]
 
@@ -33,7 +32,7 @@ _TTYPES = {"float32": 0, "float16": 1}
 _PURPOSE = "converting to ggml"
 
 
-def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str) -> list[Path]:
+def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str) -> list[Path]:
     """Write ``model`` (its dims, and ``weights`` by openai-whisper name) to the new file ``out``.
 
     Raises :class:`UsageError` for a dtype other than float16 and float32, for mel filters openai-whisper
@@ -48,8 +47,8 @@ def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, d
     expected = state_dict_shapes(dims)
     for name, shape in expected.items():
         tensor = weights.get(name)
-        if tensor is None or tuple(tensor.shape) != shape:
-            got = "missing" if tensor is None else f"of shape {list(tensor.shape)}"
+        if tensor is None or tuple(np.shape(tensor)) != shape:
+            got = "missing" if tensor is None else f"of shape {list(np.shape(tensor))}"
             raise IntegrityError(f"{model.path}: tensor {name} is {got}, the dims need {list(shape)}")
     filters = _mel_filters(dims.n_mels)
     vocabulary = _vocabulary(dims.n_vocab)
@@ -62,15 +61,15 @@ def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, d
         f.write(filters.tobytes())
         f.write(vocabulary)
         for name, shape in expected.items():
-            _write_tensor(f, name, weights[name], stored_dtype(name, len(shape), ftype))
-            release(weights[name])
+            source = weights[name]
+            _write_tensor(f, name, source, stored_dtype(name, len(shape), ftype))
+            release(source)
+            del source
     return [out]
 
 
 def _mel_filters(n_mels: int) -> Any:
     """openai-whisper's mel filterbank for ``n_mels`` as a float32 ``(n_mels, n_fft // 2 + 1)`` array."""
-    import numpy as np
-
     path = assets.assets_dir(_PURPOSE) / "mel_filters.npz"
     with np.load(path) as npz:
         key = f"mel_{n_mels}"
@@ -94,14 +93,11 @@ def _vocabulary(n_vocab: int) -> bytes:
     return b"".join(parts)
 
 
-def _write_tensor(f: BinaryIO, name: str, tensor: torch.Tensor, dtype: str) -> None:
-    import torch
-
-    target = torch.float16 if dtype == "float16" else torch.float32
-    # One tensor converted at a time; a mapped tensor already in the target dtype is written from the map.
-    data = tensor.detach().to(device="cpu", dtype=target).contiguous()
+def _write_tensor(f: BinaryIO, name: str, tensor: Any, dtype: str) -> None:
+    # One tensor converted at a time; a mapped array already in the target dtype is written from the map.
+    data = as_dtype(tensor, dtype)
     shape = stored_shape(name, tuple(data.shape))
     encoded = name.encode("utf-8")
     f.write(struct.pack(f"<3i{len(shape)}i", len(shape), len(encoded), _TTYPES[dtype], *reversed(shape)))
     f.write(encoded)
-    f.write(memoryview(data.numpy()).cast("B"))
+    f.write(data.reshape(-1).view("u1").data)

@@ -2,8 +2,9 @@
 
 The weights are ``model.safetensors``, or shards named by ``model.safetensors.index.json``, or a
 ``pytorch_model.bin`` pickle zip (read by :mod:`whisperctl.models.checkpoint`'s restricted unpickler; its
-tensors have no span and PyTorch's weights-only loader maps them). A safetensors header is parsed here, with
-every offset checked against the file, so that nothing past the file is ever mapped. Tensor names are
+contiguous tensors have spans, as a ``.pt``'s, and PyTorch's weights-only loader reads any other). A
+safetensors header is parsed here, with every offset checked against the file, so that nothing past the file
+is ever mapped. Tensor names are
 translated to openai-whisper's (``model.encoder.layers.0.self_attn.q_proj.weight`` ->
 ``encoder.blocks.0.attn.query.weight``); the tied output projection ``proj_out.weight`` is dropped.
 """
@@ -20,6 +21,7 @@ from whisperctl.errors import IntegrityError, sanitized
 from whisperctl.models.checkpoint import read_state_dict
 from whisperctl.models.dims import ModelDimensions, count_parameters
 from whisperctl.models.formats.base import DTYPE_SIZES, ModelFile, Span, TensorInfo
+from whisperctl.models.formats.openai import tensor_info
 
 __all__ = ["SAFETENSORS_DTYPES", "looks_like", "openai_name", "read", "read_safetensors", "sniff"]
 
@@ -289,7 +291,7 @@ def _weights(directory: Path) -> tuple[list[Path], dict[str, TensorInfo]]:
     else:
         pickle = directory / "pytorch_model.bin"
         _, metas = read_state_dict(pickle)
-        infos = {k: TensorInfo(shape=m.shape, dtype=m.dtype, source=k) for k, m in metas.items()}
+        infos = {k: tensor_info(pickle, k, m) for k, m in metas.items()}
         return [pickle], infos
     return files, {k: TensorInfo(shape=s.shape, dtype=s.dtype, source=k, span=s) for k, s in spans.items()}
 

@@ -1,18 +1,21 @@
 """Write a transformers Whisper directory that ``from_pretrained`` and the ASR pipeline load offline.
 
-``model.safetensors`` is written here, streaming: the header is computed from the shapes, then each tensor is
-cast and written on its own. (safetensors' ``save_file`` takes a dict of every tensor and builds the whole
-file's bytes in memory first: a second copy of the model.) The configs follow transformers' ``WhisperConfig``
-and ``GenerationConfig``; the tokenizer and feature-extractor files come from :mod:`.tokenizer`.
+``model.safetensors`` is written here, streaming, with numpy (no PyTorch): the header is computed from the
+shapes, then each tensor is cast and written on its own. (safetensors' ``save_file`` takes a dict of every
+tensor and builds the whole file's bytes in memory first: a second copy of the model.) The configs follow
+transformers' ``WhisperConfig`` and ``GenerationConfig``; the tokenizer and feature-extractor files come from
+:mod:`.tokenizer`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from math import prod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from whisperctl.models.formats.arrays import NUMPY_DTYPES, PageReleaser, as_dtype
 from whisperctl.models.formats.base import ModelFile
 from whisperctl.models.formats.hf import openai_name
 from whisperctl.models.formats.tokenizer import (
@@ -22,9 +25,6 @@ from whisperctl.models.formats.tokenizer import (
     write_hf_tokenizer,
     write_json,
 )
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["hf_name", "write"]
 
@@ -132,24 +132,25 @@ def generation_config(model: ModelFile, vocab: Vocabulary) -> dict[str, Any]:
 
 def write_safetensors(
     path: Path,
-    weights: Mapping[str, torch.Tensor],
+    weights: Mapping[str, Any],
     dtype: str,
-    release: Callable[[torch.Tensor], None] | None = None,
+    release: Callable[[Any], None] | None = None,
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Path:
-    """``weights`` (openai names) as a safetensors file in transformers' names, one tensor at a time;
-    ``release`` is given each source tensor once written (a writer drops its pages of the mapped input)."""
-    import torch
-
-    target = {"float16": torch.float16, "float32": torch.float32}[dtype]
+    """``weights`` (openai names; numpy arrays or CPU tensors) as a safetensors file in transformers' names,
+    one tensor at a time; ``release`` is given each source array once written (a writer drops its pages of
+    the mapped input). ``shapes`` (by the same names) spares the header a first access to every array."""
+    itemsize = NUMPY_DTYPES[dtype].itemsize
     names = sorted(weights, key=hf_name)
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name in names:
-        t = weights[name]
-        nbytes = t.numel() * target.itemsize
+        shape = tuple(shapes[name]) if shapes is not None else tuple(weights[name].shape)
+        nbytes = prod(shape) * itemsize
         header[hf_name(name)] = {
             "dtype": _SAFETENSORS[dtype],
-            "shape": list(t.shape),
+            "shape": list(shape),
             "data_offsets": [offset, offset + nbytes],
         }
         offset += nbytes
@@ -160,24 +161,30 @@ def write_safetensors(
         f.write(raw)
         for name in names:
             source = weights[name]
-            t = source.detach().to("cpu", target).contiguous()
-            f.write(t.view(torch.uint8).reshape(-1).numpy().data if t.numel() else b"")
+            array = as_dtype(source, dtype)
+            if shapes is not None and array.shape != tuple(shapes[name]):
+                raise ValueError(f"{name} is {list(array.shape)}, its header says {list(shapes[name])}")
+            f.write(array.reshape(-1).view("u1").data)
             if release is not None:
                 release(source)
-            del t, source
+            del array, source
     return path
 
 
-def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str) -> list[Path]:
+def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str) -> list[Path]:
     """Every file of a transformers Whisper directory under ``out`` (an empty directory)."""
-    from whisperctl.models.formats.weights import PageReleaser
-
     vocab = Vocabulary(model.dims.n_vocab, "converting to hf")
     written = [
         write_json(out / "config.json", config(model, dtype)),
         write_json(out / "generation_config.json", generation_config(model, vocab)),
         write_json(out / "preprocessor_config.json", preprocessor_config(model.dims.n_mels)),
-        write_safetensors(out / "model.safetensors", weights, dtype, PageReleaser(model.files)),
+        write_safetensors(
+            out / "model.safetensors",
+            weights,
+            dtype,
+            PageReleaser(model.files),
+            shapes={name: t.shape for name, t in model.tensors.items()},
+        ),
     ]
     written += write_hf_tokenizer(vocab, out)
     return written

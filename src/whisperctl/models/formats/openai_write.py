@@ -20,14 +20,16 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
+import numpy as np
 import torch
 
 from whisperctl.models.checkpoint import read_checkpoint
 from whisperctl.models.dims import state_dict_shapes
+from whisperctl.models.formats.arrays import PageReleaser
 from whisperctl.models.formats.base import ModelFile
-from whisperctl.models.formats.weights import TORCH_DTYPES, PageReleaser
+from whisperctl.models.formats.weights import TORCH_DTYPES
 
 __all__ = ["write"]
 
@@ -36,8 +38,9 @@ _LOCAL_SIG, _CENTRAL_SIG, _DESCRIPTOR_SIG = 0x04034B50, 0x02014B50, 0x08074B50
 _WRITE_CHUNK = 64 << 20
 
 
-def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str) -> list[Path]:
-    """Write ``out`` (a file that does not exist yet) from ``weights`` in openai-whisper's format."""
+def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str) -> list[Path]:
+    """Write ``out`` (a file that does not exist yet) from ``weights`` (numpy arrays or tensors) in
+    openai-whisper's format."""
     target = TORCH_DTYPES[dtype]
     # In openai-whisper's own order (its module order), whatever the source's: the same model and dtype
     # give the same file, so .pt -> hf -> .pt ends where it started, byte for byte.
@@ -66,12 +69,19 @@ def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, d
         for name in order:
             info = zf.getinfo(f"{prefix}data/{storages[name]}")
             source = weights[name]
-            data = source.detach().to(device="cpu", dtype=target).contiguous()
+            data = _tensor(source).to(device="cpu", dtype=target).contiguous()
             crc = _write_at(f, _data_offset(f, info), data)
             _patch_crc(f, info, central[info.filename], crc)
             release(source)
             del data, source
     return [out]
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    """A numpy array as the tensor that shares its memory (a tensor as it is)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    return torch.from_numpy(np.asarray(value))
 
 
 def _default_heads(model: ModelFile) -> list[tuple[int, int]]:

@@ -1,10 +1,12 @@
 """The writers of every format, by name: the module that writes it and the extra it needs.
 
-A writer module is imported only when a conversion to its format starts (it imports PyTorch, and maybe
-safetensors or ctranslate2). Each keeps one contract::
+A writer module is imported only when a conversion to its format starts (it imports numpy, and maybe
+ctranslate2; only ``openai``'s imports PyTorch, for ``torch.save``). Each keeps one contract::
 
-    def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str) -> list[Path]
+    def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str) -> list[Path]
 
+``weights`` are numpy arrays by openai-whisper name (:func:`.arrays.open_arrays`; a writer also takes CPU
+PyTorch tensors, through ``numpy.asarray``).
 ``out`` is a fresh temporary path chosen by the conversion (an empty directory for ``hf`` and ``ct2``, a file
 path that does not exist yet for ``openai`` and ``ggml``); ``dtype`` is ``"float16"`` or ``"float32"``.
 """
@@ -15,27 +17,24 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Any, Protocol, cast
 
 from whisperctl.errors import TorchMissingError, UsageError
 from whisperctl.models.formats.base import FormatName, ModelFile
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["WRITERS", "Writer", "WriterSpec", "dependency_error", "load_writer"]
 
 
 class Writer(Protocol):
     def __call__(
-        self, model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str
+        self, model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str
     ) -> list[Path]: ...
 
 
 @dataclass(frozen=True)
 class WriterSpec:
     module: str  # imported by name when used
-    extra: str | None  # the whisperctl extra that installs what it needs (None: PyTorch alone)
+    extra: str | None  # the whisperctl extra that installs what it needs (None: nothing, or PyTorch)
     directory: bool  # writes a directory (True) or one file
 
 
