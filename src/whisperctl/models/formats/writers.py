@@ -1,7 +1,7 @@
 """The writers of every format, by name: the module that writes it and the extra it needs.
 
-A writer module is imported only when a conversion to its format starts (it imports PyTorch, and maybe
-safetensors or ctranslate2). Each keeps one contract::
+A writer module is imported only when a conversion to its format starts (it may import PyTorch or
+tokenizers). Each keeps one contract::
 
     def write(model: ModelFile, weights: Mapping[str, torch.Tensor], out: Path, *, dtype: str) -> list[Path]
 
