@@ -36,7 +36,7 @@ from whisperctl.models.formats.weights import PageReleaser
 __all__ = ["CHUNK", "SPEC", "write"]
 
 SPEC, REVISION = "WhisperSpec", 3
-CHUNK = 1 << 22  # elements converted at a time (16 MiB of float32)
+CHUNK = 1 << 20  # elements converted at a time (4 MiB of float32)
 _SAMPLE = 32  # elements from each end of a part that tell two values apart before they are compared
 _FLOATS = ("float16", "float32")
 
@@ -297,21 +297,24 @@ def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str
         raise UsageError(
             "writing ct2 needs a little-endian machine (CTranslate2's model.bin is little-endian)"
         )
-    vocab = Vocabulary(model.dims.n_vocab, "converting to ct2")
-    # The tokenizer first: a missing tokenizers library is known before the weights are read.
-    written = [tokenizer_json(vocab, out, "ct2"), write_json(out / "vocabulary.json", vocab.tokens)]
     variables = layout(model.dims, dtype)
     for var in variables:
         for part in var.parts:
             if isinstance(part, str):
                 _check(model, part, var)
+    vocab = Vocabulary(model.dims.n_vocab, "converting to ct2")
+    # The tokenizer first: a missing tokenizers library is known before the weights are read.
+    written = [
+        tokenizer_json(vocab, out, "ct2"),
+        write_json(out / "vocabulary.json", vocab.tokens),
+        write_json(out / "config.json", config(model, vocab)),
+        write_json(out / "preprocessor_config.json", preprocessor_config(model.dims.n_mels)),
+    ]
     source = _Source(model, weights, dtype)
     alias = aliases(variables, source)
     with open(out / "model.bin", "xb") as f:
         write_model_bin(f, variables, alias, source)
-    written[:0] = [out / "model.bin", write_json(out / "config.json", config(model, vocab))]
-    written.append(write_json(out / "preprocessor_config.json", preprocessor_config(model.dims.n_mels)))
-    return written
+    return [out / "model.bin", *written]
 
 
 def _check(model: ModelFile, name: str, var: Variable) -> None:
