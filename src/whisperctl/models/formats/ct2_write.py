@@ -21,6 +21,7 @@ import struct
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -149,18 +150,16 @@ class _Source:
                 yield np.zeros(part, self.dtype)
                 continue
             value = self.weights[part]
-            flat = self._flat(value)
+            flat, mapped = self._flat(value), value.reshape(-1)  # views, for the contiguous tensors read
             for start in range(0, flat.size, CHUNK):
                 yield flat[start : start + CHUNK].astype(self.dtype, copy=False)
                 # The chunk's pages of the input go as soon as it is written, not with the whole tensor.
-                self.release(value.reshape(-1)[start : start + CHUNK])
-            del flat
+                self.release(mapped[start : start + CHUNK])
+            del flat, mapped
 
     def ends(self, var: Variable) -> Any:
         """The first and last :data:`_SAMPLE` elements of ``var``, converted (what tells values apart)."""
-        size = 1
-        for dim in var.shape:
-            size *= dim
+        size = prod(var.shape)
         each = size // len(var.parts)
 
         def take(part: Part, first: bool, k: int) -> Any:
@@ -243,17 +242,13 @@ def write_model_bin(f: BinaryIO, variables: list[Variable], alias: dict[str, str
     f.write(struct.pack("<II", REVISION, len(stored)))
     for var in stored:
         _string(f, var.name)
-        size = np.dtype(var.dtype).itemsize
-        count = 1
-        for dim in var.shape:
-            count *= dim
         f.write(
             struct.pack(
                 f"<B{len(var.shape)}IBI",
                 len(var.shape),
                 *var.shape,
                 CT2_DTYPES.index(var.dtype),
-                count * size,
+                prod(var.shape) * np.dtype(var.dtype).itemsize,
             )
         )
         if var.raw:
