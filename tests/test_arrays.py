@@ -161,7 +161,7 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("source", ["pt", "hf"])
-@pytest.mark.parametrize("to", ["hf", "ggml"])
+@pytest.mark.parametrize("to", ["hf", "ct2", "ggml"])
 def test_convert_never_imports_torch(source: str, to: str, sources: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = _child(["convert", str(sources[source]), str(out), "--to", to, "--json"])
@@ -174,9 +174,7 @@ def test_convert_never_imports_torch(source: str, to: str, sources: dict[str, Pa
 
 
 def test_convert_to_ct2_works_without_torch(sources: dict[str, Path], tmp_path: Path) -> None:
-    """ctranslate2's spec module imports PyTorch itself when it is installed; without it, converting to
-    ct2 needs none."""
-    pytest.importorskip("ctranslate2")
+    """Without PyTorch installed at all (the writer imports neither it nor ctranslate2)."""
     out = tmp_path / "ct2"
     r = _child(["convert", str(sources["pt"]), str(out), "--to", "ct2"], block=True)
     assert r.stderr.strip().endswith("NO TORCH 0"), r.stderr

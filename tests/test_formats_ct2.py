@@ -20,6 +20,7 @@ from whisperctl.models.dims import ModelDimensions, state_dict_shapes  # noqa: E
 from whisperctl.models.formats import ct2, ct2_write, hf  # noqa: E402
 from whisperctl.models.formats.weights import open_weights  # noqa: E402
 
+from .test_formats_ct2_write import spec_of  # noqa: E402
 from .test_formats_hf import HEADS, random_hf_model, whisperctl_model  # noqa: E402
 
 TINY_EN = ModelDimensions(80, 1500, 384, 6, 4, 51864, 448, 384, 6, 4)
@@ -121,7 +122,7 @@ def test_malformed_model_bin_is_one_line(written: tuple[Any, Path], tmp_path: Pa
 
 def test_quantized_model_is_refused(written: tuple[Any, Path], tmp_path: Path) -> None:
     model, _ = written
-    spec = ct2_write._spec(model, open_weights(model), "float32")
+    spec = spec_of(model, open_weights(model), "float32")
     spec.register_vocabulary([f"t{i}" for i in range(model.dims.n_vocab)])
     spec.validate()
     spec.optimize(quantization="int8")

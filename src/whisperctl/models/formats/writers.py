@@ -1,7 +1,7 @@
 """The writers of every format, by name: the module that writes it and the extra it needs.
 
 A writer module is imported only when a conversion to its format starts (it imports numpy, and maybe
-ctranslate2; only ``openai``'s imports PyTorch, for ``torch.save``). Each keeps one contract::
+tokenizers; only ``openai``'s imports PyTorch, for ``torch.save``). Each keeps one contract::
 
     def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str) -> list[Path]
 
