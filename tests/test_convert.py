@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import signal
@@ -180,7 +181,7 @@ def test_a_name_is_downloaded_verified_then_converted(
     assert all(
         written[k].dtype == torch.float32 and torch.equal(written[k].half(), v) for k, v in original.items()
     )
-    assert record.peak_rss_bytes > 0 and record.seconds > 0
+    assert record.peak_rss_bytes > 0 and record.seconds["total"] > 0
 
 
 def test_a_named_model_keeps_its_registry_alignment_heads(
@@ -223,3 +224,114 @@ def test_a_writer_module_that_is_not_there_is_a_usage_error(
     r = cli("convert", str(source), str(tmp_path / "g.bin"), "--to", "ggml")
     assert r.exit_code == 2 and "no ggml writer" in r.stderr
     assert not (tmp_path / "g.bin").exists()
+
+
+def test_an_hf_output_is_hashed_once_and_its_sums_pass_sha256sum(
+    source: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """model.safetensors is hashed as it is written (never read again for its digest), every other file
+    after; the SHA256SUMS holds for the real sha256sum; the phases add up to at most the total."""
+    convert_module = importlib.import_module("whisperctl.api.convert")  # the package's name is the function
+    hashed_after: list[str] = []
+    real_sha256_file = convert_module.sha256_file
+
+    def counting(path: Path | str, **kw: Any) -> str:
+        hashed_after.append(Path(path).name)
+        return real_sha256_file(path, **kw)
+
+    monkeypatch.setattr(convert_module, "sha256_file", counting)
+    out = tmp_path / "hf"
+    r = cli("convert", str(source), str(out), "--to", "hf", "--dtype", "fp32", "--json")
+    assert r.exit_code == 0, r.stderr
+    report = json.loads(r.stdout)
+    files = {f["path"]: f for f in report["files"]}
+    assert "model.safetensors" not in hashed_after
+    assert sorted(hashed_after) == sorted(p for p in files if p != "model.safetensors")
+    assert all(
+        f["sha256"] == _digest(out / p) and f["size_bytes"] == (out / p).stat().st_size
+        for p, f in files.items()
+    )
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "model.safetensors: OK" in check.stdout and "FAILED" not in check.stdout
+    seconds = report["seconds"]
+    assert set(seconds) == {"read", "write", "check", "seal", "place", "total"}
+    assert all(v >= 0 for v in seconds.values())
+    assert sum(v for k, v in seconds.items() if k != "total") <= seconds["total"] + 0.001  # rounding
+
+
+def test_the_phases_are_one_human_line(source: Path, tmp_path: Path, cli: Cli) -> None:
+    r = cli("convert", str(source), str(tmp_path / "g.bin"), "--to", "ggml")
+    assert r.exit_code == 0, r.stderr
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("seconds: ")]
+    assert [part.split()[0] for part in line.removeprefix("seconds: ").split(", ")] == [
+        "read",
+        "write",
+        "check",
+        "seal",
+        "place",
+    ]
+
+
+class _Failing(Mapping[str, Any]):
+    """The weights, until the ``after``-th tensor is fetched: then ``fault`` (mid-way through the file)."""
+
+    def __init__(self, weights: Mapping[str, Any], after: int, fault: BaseException) -> None:
+        self._weights, self._left, self._fault = weights, after, fault
+
+    def __getitem__(self, key: str) -> Any:
+        self._left -= 1
+        if self._left < 0:
+            raise self._fault
+        return self._weights[key]
+
+    def __iter__(self) -> Any:
+        return iter(self._weights)
+
+    def __len__(self) -> int:
+        return len(self._weights)
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"), [(OSError(28, "No space left on device"), 6), (KeyboardInterrupt(), 130)]
+)
+def test_a_writer_failing_mid_file_leaves_nothing_and_no_thread(
+    source: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, fault: BaseException, code: int
+) -> None:
+    import threading
+
+    from whisperctl.models.formats.ggml_write import write as real
+
+    def write(model: Any, weights: Mapping[str, Any], out: Path, *, dtype: str) -> list[Path]:
+        return real(model, _Failing(weights, len(weights) + 10, fault), out, dtype=dtype)
+
+    monkeypatch.setattr(writers, "load_writer", lambda fmt: write)
+    r = cli("convert", str(source), str(tmp_path / "g.bin"), "--to", "ggml")
+    assert r.exit_code == code
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert [t for t in threading.enumerate() if t.name == "whisperctl-output-hash"] == []
+
+
+_LIMITED = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as ENOSPC would
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.argv = ["whisperctl", "convert", *sys.argv[2:]]
+runpy.run_module("whisperctl", run_name="__main__")
+"""
+
+
+def test_a_write_error_in_the_big_file_is_one_line_exit_6(source: Path, tmp_path: Path, cli: Cli) -> None:
+    whole = tmp_path / "whole.bin"
+    assert cli("convert", str(source), str(whole), "--to", "ggml").exit_code == 0
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "g.bin"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    limit = str(whole.stat().st_size // 2)
+    args = [sys.executable, "-c", _LIMITED, limit, str(source), str(out), "--to", "ggml"]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 6, proc.stderr
+    assert str(out) in proc.stderr and "File too large" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert list(work.iterdir()) == []

@@ -17,7 +17,7 @@ import dataclasses
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ from whisperctl.store.layout import temporary_path
 
 if TYPE_CHECKING:
     from whisperctl.fetch.download import DownloadProgress
+    from whisperctl.models.formats.output import SealedFile
 
 __all__ = ["SUMS_NAME", "ConvertRecord", "WrittenFile", "convert"]
 
@@ -58,7 +59,10 @@ class ConvertRecord:
     dtype: str  # float16 or float32
     integrity: str  # how the source was checked
     files: tuple[WrittenFile, ...]
-    seconds: float
+    # Each phase: download or verify (a NAME's file, when they ran), read (the source read and checked),
+    # write (with the big file's SHA-256 and fsync), check (read back), seal (SHA-256 of the other files,
+    # fsync, SHA256SUMS), place (rename); and total, from the call's start.
+    seconds: dict[str, float]
     peak_rss_bytes: int
 
     @property
@@ -98,24 +102,33 @@ def convert(
     write = load_writer(fmt)  # a missing extra is said before any download
     from whisperctl.models.checkpoint import validate
     from whisperctl.models.formats.arrays import open_arrays
+    from whisperctl.models.formats.output import recording
     from whisperctl.models.usage import peak_rss
 
-    name, model, integrity = _source(src, cache_dir, registry, mirrors, offline, progress)
+    seconds: dict[str, float] = {}  # download or verify, when they run
+    clock = time.perf_counter()
+    name, model, integrity = _source(src, cache_dir, registry, mirrors, offline, progress, seconds)
     validate(model)
     _check_not_source(out, model)
+    clock = _lap(seconds, "read", clock, exclude=("download", "verify"))
     tmp = temporary_path(out)
     try:
         if _is_dir_format(fmt):
             tmp.mkdir()
         weights = open_arrays(model)
         try:
-            write(model, weights, tmp, dtype=target_dtype)
+            with recording() as sealed:  # the files written through an OutputFile, hashed as written
+                write(model, weights, tmp, dtype=target_dtype)
         except ImportError as exc:  # a writer that imports its libraries when it starts
             raise dependency_error(fmt, exc) from None
         del weights
+        clock = _lap(seconds, "write", clock)
         _check_written(tmp, fmt, model)
-        files = _seal(tmp, out.name, directory=_is_dir_format(fmt))
+        clock = _lap(seconds, "check", clock)
+        files = _seal(tmp, out.name, directory=_is_dir_format(fmt), sealed=sealed)
+        clock = _lap(seconds, "seal", clock)
         _place(tmp, out)
+        _lap(seconds, "place", clock)
     except OSError as exc:
         _remove(tmp)
         raise CacheError(
@@ -124,6 +137,7 @@ def convert(
     except BaseException:
         _remove(tmp)
         raise
+    seconds["total"] = time.perf_counter() - started
     return ConvertRecord(
         name=name,
         source_format=model.format,
@@ -133,9 +147,16 @@ def convert(
         dtype=target_dtype,
         integrity=integrity,
         files=files,
-        seconds=round(time.perf_counter() - started, 4),
+        seconds={phase: round(s, 4) for phase, s in seconds.items()},
         peak_rss_bytes=peak_rss(),
     )
+
+
+def _lap(seconds: dict[str, float], phase: str, since: float, *, exclude: tuple[str, ...] = ()) -> float:
+    """Record the time since ``since`` as ``phase`` (less the phases in ``exclude`` timed within it)."""
+    now = time.perf_counter()
+    seconds[phase] = now - since - sum(seconds.get(p, 0.0) for p in exclude)
+    return now
 
 
 def _format(to: str) -> FormatName:
@@ -173,6 +194,7 @@ def _source(
     mirrors: Sequence[str] | None,
     offline: bool | None,
     progress: DownloadProgress | None,
+    seconds: dict[str, float],
 ) -> tuple[str | None, ModelFile, str]:
     """The source model read (a name's file made present and verified first), and how it was checked."""
     reg, cache = open_context(cache_dir, registry)
@@ -187,7 +209,7 @@ def _source(
         offline=offline,
         mirrors=mirrors,
         progress=progress,
-        seconds={},
+        seconds=seconds,
     )
     model = read_model(cache.path_for(target))
     if model.alignment_heads is None and target.alignment_heads:
@@ -224,22 +246,35 @@ def _check_written(path: Path, fmt: FormatName, source: ModelFile) -> None:
         )
 
 
-def _seal(tmp: Path, name: str, *, directory: bool) -> tuple[WrittenFile, ...]:
-    """Hash every file written, write ``SHA256SUMS`` in a directory, and make it all durable. A file output
-    is recorded under ``name``, the one it is about to take."""
+def _seal(
+    tmp: Path, name: str, *, directory: bool, sealed: Mapping[Path, SealedFile]
+) -> tuple[WrittenFile, ...]:
+    """Hash every file written (but those ``sealed`` hashed as they were written, when still the same
+    file), write ``SHA256SUMS`` in a directory, and make it all durable. A file output is recorded under
+    ``name``, the one it is about to take."""
     if not directory:
-        fsync_path(tmp)
-        return (WrittenFile(name, tmp.stat().st_size, sha256_file(tmp)),)
-    files = []
-    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        fsync_path(path)
-        files.append(WrittenFile(path.relative_to(tmp).as_posix(), path.stat().st_size, sha256_file(path)))
+        return (WrittenFile(name, *_digest(tmp, sealed)),)
+    files = [
+        WrittenFile(path.relative_to(tmp).as_posix(), *_digest(path, sealed))
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file())
+    ]
     sums = tmp / SUMS_NAME
     sums.write_text("".join(f"{f.sha256}  {f.path}\n" for f in files), encoding="utf-8")
     fsync_path(sums)
     for folder in {tmp, *(p for p in tmp.rglob("*") if p.is_dir())}:
         fsync_path(folder)
     return (*files, WrittenFile(SUMS_NAME, sums.stat().st_size, sha256_file(sums)))
+
+
+def _digest(path: Path, sealed: Mapping[Path, SealedFile]) -> tuple[int, str]:
+    """The size and SHA-256 of ``path``, made durable: from its :class:`SealedFile` when it is still
+    that file, else hashed now."""
+    fsync_path(path)
+    st = path.stat()
+    known = sealed.get(Path(os.path.abspath(path)))
+    if known is not None and known.holds_for(st):
+        return st.st_size, known.sha256
+    return st.st_size, sha256_file(path)
 
 
 def _place(tmp: Path, out: Path) -> None:

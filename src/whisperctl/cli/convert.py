@@ -72,11 +72,13 @@ def render_convert(output: Output, record: api.ConvertRecord, *, as_json: bool) 
     files = f"{len(record.files)} file" + ("s" if len(record.files) != 1 else "")
     output.out.print(
         f"{source} ({record.source_format}) -> {record.out} ({record.format}, {record.dtype}): "
-        f"{files}, {human_bytes(record.size_bytes)} in {record.seconds:.2f} s, "
+        f"{files}, {human_bytes(record.size_bytes)} in {record.seconds['total']:.2f} s, "
         f"peak RSS {human_bytes(record.peak_rss_bytes)}",
         markup=False,
         highlight=False,
         soft_wrap=True,
     )
+    phases = ", ".join(f"{k} {v:.2f}" for k, v in record.seconds.items() if k != "total")
+    output.out.print(f"seconds: {phases}", markup=False, highlight=False, soft_wrap=True)
     for f in record.files:  # as sha256sum prints them, with the size between
         output.out.print(f"{f.sha256}  {f.size_bytes:>15,}  {f.path}", markup=False, highlight=False)

@@ -24,6 +24,7 @@ from whisperctl.models.formats import assets
 from whisperctl.models.formats.arrays import PageReleaser, as_dtype
 from whisperctl.models.formats.base import ModelFile
 from whisperctl.models.formats.ggml import HPARAMS, MAGIC, stored_dtype, stored_shape
+from whisperctl.models.formats.output import OutputFile
 
 __all__ = ["write"]
 
@@ -54,7 +55,7 @@ def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str
     vocabulary = _vocabulary(dims.n_vocab)
     ftype = _FTYPES[dtype]
     release = PageReleaser(model.files)
-    with open(out, "xb") as f:
+    with OutputFile(out) as f:  # hashed as written; the digest goes to the report
         f.write(struct.pack("<I", MAGIC))
         f.write(struct.pack(f"<{len(HPARAMS) + 1}i", *(getattr(dims, k) for k in HPARAMS), ftype))
         f.write(struct.pack("<2i", *filters.shape))

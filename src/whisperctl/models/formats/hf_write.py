@@ -18,6 +18,7 @@ from typing import Any
 from whisperctl.models.formats.arrays import NUMPY_DTYPES, PageReleaser, as_dtype
 from whisperctl.models.formats.base import ModelFile
 from whisperctl.models.formats.hf import openai_name
+from whisperctl.models.formats.output import OutputFile
 from whisperctl.models.formats.tokenizer import (
     SpecialTokens,
     Vocabulary,
@@ -156,7 +157,7 @@ def write_safetensors(
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the data then starts 8-byte aligned, as the library writes it
-    with open(path, "wb") as f:
+    with OutputFile(path) as f:  # hashed as written; the digest goes to SHA256SUMS
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for name in names:

@@ -1,0 +1,154 @@
+"""The writers' output file: hashed in a thread as it is written, recorded on a clean close, nothing left
+running after a failure."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import mmap
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from whisperctl.models.formats.output import OutputFile, SealedFile, recording
+
+
+def _hash_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "whisperctl-output-hash"]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(("in_flight", "step"), [(64 << 20, 64 << 20), (1 << 20, 1 << 20), (0, 0)])
+def test_the_digest_is_the_files_whatever_the_writes(tmp_path: Path, in_flight: int, step: int) -> None:
+    rng = np.random.default_rng(7)
+    big = rng.standard_normal((3, 700_000)).astype(np.float32)  # 8.4 MB, written as rows and whole
+    half = rng.standard_normal(1_500_000).astype(np.float16)
+    mapped_file = tmp_path / "mapped.bin"
+    mapped_file.write_bytes(rng.bytes(3_000_001))
+    path = tmp_path / "out.bin"
+    with (
+        mapped_file.open("rb") as src,
+        mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as mm,
+        recording() as sealed,
+        OutputFile(path, in_flight=in_flight, writeback_step=step) as f,
+    ):
+        for i in range(5000):  # many small writes, as the ggml header and tensor headers are
+            f.write(i.to_bytes(4, "little") * (i % 7))
+        f.write(big.data)
+        for row in big:
+            f.write(memoryview(row))
+        f.write(memoryview(half))
+        view = memoryview(mm)
+        f.write(view[1:])  # a mapped input passed through, at an odd offset
+        f.write(view[:1])
+        f.writelines([b"tail", bytearray(b"-end")])
+        assert f.tell() == path.stat().st_size
+        del view
+    assert f.closed and f.sealed is not None
+    assert f.sealed.sha256 == _sha256(path) and f.sealed.size_bytes == path.stat().st_size
+    assert sealed == {path.absolute(): f.sealed}
+    assert f.sealed.holds_for(path.stat())
+    assert _hash_threads() == []
+
+
+def test_nothing_is_recorded_outside_a_recording_or_after_a_failure(tmp_path: Path) -> None:
+    with OutputFile(tmp_path / "a.bin") as f:
+        f.write(b"x" * (2 << 20))
+    assert f.sealed is not None and f.sealed.sha256 == _sha256(tmp_path / "a.bin")
+    g = OutputFile(tmp_path / "b.bin", in_flight=1 << 20)
+
+    def fail_while_writing() -> None:
+        with g:
+            g.write(np.ones(4 << 20, np.uint8).data)
+            g.write(b"header")
+            _ = 1 / 0
+
+    with recording() as sealed, pytest.raises(ZeroDivisionError):
+        fail_while_writing()
+    assert sealed == {} and g.sealed is None and g.closed
+    assert _hash_threads() == []
+
+
+def test_an_exception_in_the_middle_leaves_no_thread(tmp_path: Path) -> None:
+    big = np.zeros(64 << 20, np.uint8)  # more than in flight: the writer waits on the thread
+    f = OutputFile(tmp_path / "c.bin", in_flight=1 << 20)
+
+    def interrupted() -> None:
+        with f:
+            f.write(big.data)
+            f.write(big.data)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert f.closed and f.sealed is None
+    assert _hash_threads() == []
+    with pytest.raises(ValueError, match="closed"):
+        f.write(b"late")
+
+
+def test_it_creates_exclusively_and_cannot_seek(tmp_path: Path) -> None:
+    path = tmp_path / "d.bin"
+    path.write_bytes(b"already here")
+    with pytest.raises(FileExistsError):
+        OutputFile(path)
+    assert _hash_threads() == []
+    path.unlink()
+    with OutputFile(path) as f:
+        f.write(b"abc")
+        assert not f.seekable()
+        with pytest.raises(io.UnsupportedOperation):
+            f.seek(0)
+        with pytest.raises(io.UnsupportedOperation):
+            f.truncate(1)
+    assert path.read_bytes() == b"abc"
+
+
+def test_a_file_changed_after_it_was_sealed_no_longer_matches(tmp_path: Path) -> None:
+    path = tmp_path / "e.bin"
+    with OutputFile(path) as f:
+        f.write(b"0123456789")
+    sealed = f.sealed
+    assert isinstance(sealed, SealedFile) and sealed.holds_for(path.stat())
+    with path.open("r+b") as patch:  # as a writer that patches its file afterwards would
+        patch.write(b"9")
+    assert not sealed.holds_for(path.stat())
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[int]:
+    """Files this process writes may not grow past 3 MiB (a write past it fails with EFBIG, as a full
+    disk fails with ENOSPC); restored afterwards."""
+    resource = pytest.importorskip("resource")
+    limit = 3 << 20
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_write_error_is_the_oserror_and_stops_the_thread(tmp_path: Path, file_size_limit: int) -> None:
+    f = OutputFile(tmp_path / "f.bin")
+
+    def write_past_the_limit() -> None:
+        with f:
+            for _ in range(4):
+                f.write(np.ones(1 << 20, np.uint8).data)
+
+    with recording() as sealed, pytest.raises(OSError, match="File too large") as caught:
+        write_past_the_limit()
+    assert caught.value.errno == errno.EFBIG
+    assert f.closed and sealed == {} and (tmp_path / "f.bin").stat().st_size == file_size_limit
+    assert _hash_threads() == []
