@@ -255,7 +255,7 @@ def test_an_hf_output_is_hashed_once_and_its_sums_pass_sha256sum(
     assert check.returncode == 0, check.stdout + check.stderr
     assert "model.safetensors: OK" in check.stdout and "FAILED" not in check.stdout
     seconds = report["seconds"]
-    assert set(seconds) == {"read", "write", "check", "seal", "place", "total"}
+    assert set(seconds) == {"start", "read", "write", "check", "seal", "place", "total"}
     assert all(v >= 0 for v in seconds.values())
     assert sum(v for k, v in seconds.items() if k != "total") <= seconds["total"] + 0.001  # rounding
 

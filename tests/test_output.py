@@ -59,6 +59,16 @@ def test_the_digest_is_the_files_whatever_the_writes(tmp_path: Path, in_flight: 
     assert _hash_threads() == []
 
 
+def test_a_buffer_reused_at_once_is_hashed_as_written(tmp_path: Path) -> None:
+    """The hash reads back the file, not the writer's buffer: a scratch buffer may change after write."""
+    scratch = bytearray(5 << 20)
+    with OutputFile(tmp_path / "r.bin", in_flight=64 << 20) as f:
+        for i in range(6):
+            scratch[:] = bytes([i]) * len(scratch)
+            f.write(scratch)
+    assert f.sealed is not None and f.sealed.sha256 == _sha256(tmp_path / "r.bin")
+
+
 def test_nothing_is_recorded_outside_a_recording_or_after_a_failure(tmp_path: Path) -> None:
     with OutputFile(tmp_path / "a.bin") as f:
         f.write(b"x" * (2 << 20))

@@ -59,9 +59,10 @@ class ConvertRecord:
     dtype: str  # float16 or float32
     integrity: str  # how the source was checked
     files: tuple[WrittenFile, ...]
-    # Each phase: download or verify (a NAME's file, when they ran), read (the source read and checked),
-    # write (with the big file's SHA-256 and fsync), check (read back), seal (SHA-256 of the other files,
-    # fsync, SHA256SUMS), place (rename); and total, from the call's start.
+    # Each phase: start (options checked, the writer and its libraries imported), download or verify (a NAME's
+    # file, when they ran), read (the source read and checked), write (with the big file's SHA-256 and
+    # fsync), check (read back), seal (SHA-256 of the other files, fsync, SHA256SUMS), place (rename);
+    # and total, from the call's start.
     seconds: dict[str, float]
     peak_rss_bytes: int
 
@@ -105,8 +106,8 @@ def convert(
     from whisperctl.models.formats.output import recording
     from whisperctl.models.usage import peak_rss
 
-    seconds: dict[str, float] = {}  # download or verify, when they run
-    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+    clock = _lap(seconds, "start", started)  # mostly importing the writer and its libraries
     name, model, integrity = _source(src, cache_dir, registry, mirrors, offline, progress, seconds)
     validate(model)
     _check_not_source(out, model)

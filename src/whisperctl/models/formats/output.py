@@ -1,15 +1,16 @@
 """The big output file of a writer: hashed while it is written, its writeback started early.
 
 ``with OutputFile(path) as f: f.write(buffer)`` creates ``path`` (exclusively, as the writers always did)
-and writes each buffer at once, in the calling thread. Each buffer is also handed, in order, to a thread
-that feeds it to SHA-256: hashlib releases the GIL for large updates, so the digest is computed on the
-other core while the writer converts its next tensor, and no second pass over the file is needed. The
-thread keeps a reference to each buffer until it is hashed; a writer waits in :meth:`OutputFile.write` while
-more than :data:`IN_FLIGHT` bytes are unhashed, so memory stays small whatever the file's size. A buffer
-handed to ``write`` must not be changed afterwards (the writers hand over each tensor's fresh bytes;
-writes under 1 MiB are copied, so reused header scratch is safe).
+and writes each buffer at once, in the calling thread. A second thread follows the writes: it reads back
+what was just written (from the page cache, with ``pread``) and feeds it to SHA-256. hashlib releases the
+GIL for large updates, so the digest is computed on the other core while the writer converts its next
+tensor, and no second pass over the file is needed once it is closed. Reading back, rather than hashing
+the writer's buffers, keeps no reference to them: a writer may reuse a buffer, or drop the pages of a
+mapped input it has just passed through (``MADV_DONTNEED``) without the hash faulting them back in. A writer
+waits in :meth:`OutputFile.write` while more than :data:`IN_FLIGHT` bytes are unhashed, so the pages to be
+read back are still in the page cache.
 
-Every :data:`WRITEBACK_STEP` bytes, the thread asks Linux to start writing the range just written to disk
+Every :data:`WRITEBACK_STEP` bytes, the thread asks Linux to start writing the range just hashed to disk
 (``sync_file_range(SYNC_FILE_RANGE_WRITE)``; nothing elsewhere), so that the final ``fsync`` waits for
 little instead of for the whole file.
 
@@ -30,7 +31,6 @@ import io
 import os
 import sys
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -44,9 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["IN_FLIGHT", "WRITEBACK_STEP", "OutputFile", "SealedFile", "recording"]
 
 IN_FLIGHT = 64 * 1024 * 1024  # unhashed bytes a writer may run ahead of the hash
-WRITEBACK_STEP = 64 * 1024 * 1024  # writeback is started for each such range as it is completed
-_SMALL = 1024 * 1024  # writes below this are copied, and hashed together
-_SLICE = 8 * 1024 * 1024  # one hash update at most: an abort waits no longer than that
+WRITEBACK_STEP = 64 * 1024 * 1024  # writeback is started for each such range as it is hashed
+_CHUNK = 4 * 1024 * 1024  # one write, read back and hash update at most
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 
 
@@ -96,15 +95,15 @@ _sync_file_range = _load_sync_file_range()
 
 
 class _Hasher:
-    """A thread that hashes the buffers it is given, in order, and starts the writeback of the ranges it is
-    told are written."""
+    """A thread that hashes a file in order as far as it is written (the *frontier*, which the writer
+    advances), reading it back, and starts the writeback of each step it has hashed."""
 
-    def __init__(self, fd: int, writeback: bool) -> None:
+    def __init__(self, fd: int, writeback_step: int) -> None:
         self._fd = fd
-        self._writeback = writeback and _sync_file_range is not None
+        self._step = writeback_step if _sync_file_range is not None else 0
         self._hash = hashlib.sha256()
-        self._queue: deque[memoryview | tuple[int, int]] = deque()
-        self._pending = 0  # bytes given and not yet hashed
+        self._frontier = 0
+        self._hashed = 0
         self._done = False
         self._stopped = False
         self._error: BaseException | None = None
@@ -112,28 +111,17 @@ class _Hasher:
         self._thread = threading.Thread(target=self._run, name="whisperctl-output-hash", daemon=True)
         self._thread.start()
 
-    def hash(self, view: memoryview) -> None:
+    def advance(self, frontier: int, *, in_flight: int) -> None:
+        """Bytes up to ``frontier`` are written; wait while more than ``in_flight`` of them are unhashed."""
         with self._cond:
-            self._raise_error()
-            self._queue.append(view)
-            self._pending += view.nbytes
+            self._frontier = frontier
             self._cond.notify_all()
-
-    def start_writeback(self, offset: int, length: int) -> None:
-        """Writeback of this range, once the thread reaches it (it is written by then)."""
-        if self._writeback:
-            with self._cond:
-                self._queue.append((offset, length))
-                self._cond.notify_all()
-
-    def wait_below(self, limit: int) -> None:
-        with self._cond:
-            while self._pending > limit and self._error is None:
+            while self._frontier - self._hashed > in_flight and self._error is None:
                 self._cond.wait()
             self._raise_error()
 
     def finish(self) -> str:
-        """The digest of everything given, once hashed."""
+        """The digest of everything up to the frontier, once hashed."""
         with self._cond:
             self._done = True
             self._cond.notify_all()
@@ -142,10 +130,9 @@ class _Hasher:
         return self._hash.hexdigest()
 
     def stop(self) -> None:
-        """Drop what is queued and end the thread (at most one update away); idempotent."""
+        """End the thread without catching up (at most one read away); idempotent."""
         with self._cond:
             self._stopped = True
-            self._queue.clear()
             self._cond.notify_all()
         self._thread.join()
 
@@ -154,38 +141,37 @@ class _Hasher:
             raise self._error
 
     def _run(self) -> None:
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        written_back = 0
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._done and not self._stopped:
+                    while self._hashed >= self._frontier and not self._done and not self._stopped:
                         self._cond.wait()
-                    if self._stopped or not self._queue:
+                    if self._stopped or self._hashed >= self._frontier:
                         return
-                    item = self._queue.popleft()
-                if isinstance(item, tuple):
-                    self._start_writeback(*item)
-                else:
-                    self._hash_view(item)
-                del item  # not kept while waiting for the next one
+                    end = self._frontier
+                while self._hashed < end and not self._stopped:
+                    n = os.preadv(self._fd, [view[: min(_CHUNK, end - self._hashed)]], self._hashed)
+                    if n <= 0:
+                        raise OSError(f"the output ended at byte {self._hashed} while it was being hashed")
+                    self._hash.update(view[:n])
+                    with self._cond:
+                        self._hashed += n
+                        self._cond.notify_all()
+                    if self._step and self._hashed - written_back >= self._step:
+                        self._start_writeback(written_back, self._hashed - written_back)
+                        written_back = self._hashed
         except BaseException as exc:  # said by the writer's next call
             with self._cond:
                 self._error = exc
                 self._cond.notify_all()
 
-    def _hash_view(self, view: memoryview) -> None:
-        for start in range(0, view.nbytes, _SLICE):
-            if self._stopped:
-                return
-            part = view[start : start + _SLICE]
-            self._hash.update(part)
-            with self._cond:
-                self._pending -= part.nbytes
-                self._cond.notify_all()
-
     def _start_writeback(self, offset: int, length: int) -> None:
         assert _sync_file_range is not None
         if _sync_file_range(self._fd, offset, length, _SYNC_FILE_RANGE_WRITE) != 0:
-            self._writeback = False  # a file system that does not take it: the final fsync does it all
+            self._step = 0  # a file system that does not take it: the final fsync does it all
 
 
 class OutputFile(io.FileIO):
@@ -201,16 +187,13 @@ class OutputFile(io.FileIO):
         in_flight: int = IN_FLIGHT,
         writeback_step: int = WRITEBACK_STEP,
     ) -> None:
-        super().__init__(path, "xb")
+        super().__init__(path, "xb+")  # read too: the hash reads back what was written
         self.path = Path(os.path.abspath(path))
         self.sealed: SealedFile | None = None  # set by a clean close
         self._in_flight = in_flight
-        self._step = writeback_step
         self._size = 0
-        self._written_back = 0
-        self._small = bytearray()
         try:
-            self._hasher: _Hasher | None = _Hasher(self.fileno(), writeback_step > 0)
+            self._hasher: _Hasher | None = _Hasher(self.fileno(), writeback_step)
         except BaseException:
             super().close()
             raise
@@ -219,25 +202,15 @@ class OutputFile(io.FileIO):
         hasher = self._live()
         view = memoryview(data).cast("B")  # bytes, whatever the buffer's item type
         n = view.nbytes
-        if n < _SMALL:
-            self._small += view
-            if len(self._small) >= _SMALL:
-                self._hash_small(hasher)
-        else:
-            self._hash_small(hasher)
-            hasher.hash(view)  # hashed on the other core while it is written here
-        done = 0
-        while done < n:
-            written = super().write(view[done:])
-            if not written:  # pragma: no cover - a blocking file does not return 0 or None
-                raise OSError(f"{self.path}: write made no progress")
-            done += written
-        self._size += n
-        if self._step > 0 and self._size - self._written_back >= self._step:
-            hasher.start_writeback(self._written_back, self._size - self._written_back)
-            self._written_back = self._size
-        if n >= _SMALL:
-            hasher.wait_below(self._in_flight)
+        for start in range(0, n, _CHUNK):  # a large buffer in steps, so that the hash follows closely
+            done, end = start, min(n, start + _CHUNK)
+            while done < end:
+                written = super().write(view[done:end])
+                if not written:  # pragma: no cover - a blocking file does not return 0 or None
+                    raise OSError(f"{self.path}: write made no progress")
+                done += written
+            self._size += end - start
+            hasher.advance(self._size, in_flight=self._in_flight)
         return n
 
     def tell(self) -> int:
@@ -257,7 +230,6 @@ class OutputFile(io.FileIO):
         :func:`recording`). On any failure the file is closed with nothing recorded."""
         hasher = self._live()
         try:
-            self._hash_small(hasher)
             digest = hasher.finish()
             os.fsync(self.fileno())
             st = os.fstat(self.fileno())
@@ -292,8 +264,3 @@ class OutputFile(io.FileIO):
         if self._hasher is None or self.closed:
             raise ValueError(f"{self.path}: the output file is closed")
         return self._hasher
-
-    def _hash_small(self, hasher: _Hasher) -> None:
-        if self._small:
-            hasher.hash(memoryview(bytes(self._small)))
-            self._small.clear()
