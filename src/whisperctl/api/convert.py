@@ -8,6 +8,10 @@ source (dims, tensor names and shapes), given a ``SHA256SUMS`` when it is a dire
 renamed into place. An existing ``out`` is never touched without ``force``, and with ``force`` it is
 replaced only once the new output is complete. On any failure, Ctrl-C included, the temporary is removed:
 nothing is ever left under ``out``'s name but a finished, checked model.
+
+A writer's big file goes through an :class:`~whisperctl.models.formats.output.OutputFile`, hashed while it
+is written; :func:`~whisperctl.models.formats.output.recording` collects those digests, and only the other
+files are hashed once written. The record gives the seconds of each phase.
 """
 
 from __future__ import annotations
