@@ -11,8 +11,9 @@ waits in :meth:`OutputFile.write` while more than :data:`IN_FLIGHT` bytes are un
 read back are still in the page cache.
 
 Every :data:`WRITEBACK_STEP` bytes, the thread asks Linux to start writing the range just hashed to disk
-(``sync_file_range(SYNC_FILE_RANGE_WRITE)``; nothing elsewhere), so that the final ``fsync`` waits for
-little instead of for the whole file.
+(:class:`whisperctl.writeback.Writeback`: ``sync_file_range``; nothing elsewhere), so that the final
+``fsync`` waits for little instead of for the whole file (below the kernel's dirty threshold, a few GB,
+nothing would be written before it).
 
 A clean exit of the ``with`` block waits for the digest, fsyncs, closes, and records a :class:`SealedFile`
 (path, size, SHA-256, and the identity of the file then) as :attr:`OutputFile.sealed` and in the
@@ -25,18 +26,18 @@ after writing (``openai``) uses a plain ``open``, and its file is hashed afterwa
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import io
 import os
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from whisperctl.writeback import Writeback
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -46,7 +47,6 @@ __all__ = ["IN_FLIGHT", "WRITEBACK_STEP", "OutputFile", "SealedFile", "recording
 IN_FLIGHT = 64 * 1024 * 1024  # unhashed bytes a writer may run ahead of the hash
 WRITEBACK_STEP = 64 * 1024 * 1024  # writeback is started for each such range as it is hashed
 _CHUNK = 4 * 1024 * 1024  # one write, read back and hash update at most
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 
 
 @dataclass(frozen=True)
@@ -79,28 +79,14 @@ def recording() -> Iterator[dict[Path, SealedFile]]:
         _recorder.reset(token)
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn: Any = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):  # pragma: no cover - a libc without it
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn  # type: ignore[no-any-return]
-
-
-_sync_file_range = _load_sync_file_range()
-
-
 class _Hasher:
     """A thread that hashes a file in order as far as it is written (the *frontier*, which the writer
     advances), reading it back, and starts the writeback of each step it has hashed."""
 
     def __init__(self, fd: int, writeback_step: int) -> None:
         self._fd = fd
-        self._step = writeback_step if _sync_file_range is not None else 0
+        # What is hashed has landed in order: its writeback starts now, not at the final fsync.
+        self._writeback = Writeback(fd, step=writeback_step) if writeback_step > 0 else None
         self._hash = hashlib.sha256()
         self._frontier = 0
         self._hashed = 0
@@ -143,7 +129,6 @@ class _Hasher:
     def _run(self) -> None:
         buf = bytearray(_CHUNK)
         view = memoryview(buf)
-        written_back = 0
         try:
             while True:
                 with self._cond:
@@ -160,18 +145,12 @@ class _Hasher:
                     with self._cond:
                         self._hashed += n
                         self._cond.notify_all()
-                    if self._step and self._hashed - written_back >= self._step:
-                        self._start_writeback(written_back, self._hashed - written_back)
-                        written_back = self._hashed
+                    if self._writeback is not None:
+                        self._writeback.advance(self._hashed)
         except BaseException as exc:  # said by the writer's next call
             with self._cond:
                 self._error = exc
                 self._cond.notify_all()
-
-    def _start_writeback(self, offset: int, length: int) -> None:
-        assert _sync_file_range is not None
-        if _sync_file_range(self._fd, offset, length, _SYNC_FILE_RANGE_WRITE) != 0:
-            self._step = 0  # a file system that does not take it: the final fsync does it all
 
 
 class OutputFile(io.FileIO):
