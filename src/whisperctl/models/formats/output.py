@@ -47,6 +47,7 @@ __all__ = ["IN_FLIGHT", "WRITEBACK_STEP", "OutputFile", "SealedFile", "recording
 IN_FLIGHT = 64 * 1024 * 1024  # unhashed bytes a writer may run ahead of the hash
 WRITEBACK_STEP = 64 * 1024 * 1024  # writeback is started for each such range as it is hashed
 _CHUNK = 4 * 1024 * 1024  # one write, read back and hash update at most
+_WAKE = 1024 * 1024  # the thread is woken for this much at least (small header writes add up first)
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,10 @@ class _Hasher:
     """A thread that hashes a file in order as far as it is written (the *frontier*, which the writer
     advances), reading it back, and starts the writeback of each step it has hashed."""
 
-    def __init__(self, fd: int, writeback_step: int) -> None:
+    def __init__(self, fd: int, writeback_step: int, in_flight: int) -> None:
         self._fd = fd
+        self._in_flight = in_flight
+        self._wake = max(1, min(_WAKE, in_flight))  # never more than a waiting writer lets run ahead
         # What is hashed has landed in order: its writeback starts now, not at the final fsync.
         self._writeback = Writeback(fd, step=writeback_step) if writeback_step > 0 else None
         self._hash = hashlib.sha256()
@@ -97,12 +100,13 @@ class _Hasher:
         self._thread = threading.Thread(target=self._run, name="whisperctl-output-hash", daemon=True)
         self._thread.start()
 
-    def advance(self, frontier: int, *, in_flight: int) -> None:
+    def advance(self, frontier: int) -> None:
         """Bytes up to ``frontier`` are written; wait while more than ``in_flight`` of them are unhashed."""
         with self._cond:
             self._frontier = frontier
-            self._cond.notify_all()
-            while self._frontier - self._hashed > in_flight and self._error is None:
+            if frontier - self._hashed >= self._wake:
+                self._cond.notify_all()
+            while self._frontier - self._hashed > self._in_flight and self._error is None:
                 self._cond.wait()
             self._raise_error()
 
@@ -132,7 +136,7 @@ class _Hasher:
         try:
             while True:
                 with self._cond:
-                    while self._hashed >= self._frontier and not self._done and not self._stopped:
+                    while self._frontier - self._hashed < self._wake and not self._done and not self._stopped:
                         self._cond.wait()
                     if self._stopped or self._hashed >= self._frontier:
                         return
@@ -155,7 +159,7 @@ class _Hasher:
 
 class OutputFile(io.FileIO):
     """A new binary file (exclusive create) hashed and written back as it is written; see the module
-    docstring. Write-only, sequential: :meth:`write` (and ``writelines``), :meth:`tell`; no seeking.
+    docstring. Sequential: :meth:`write` (and ``writelines``), :meth:`tell`; no seeking.
     ``in_flight``: the unhashed bytes a writer may run ahead; ``writeback_step``: how often writeback is
     started (0: never, the final fsync writes it all)."""
 
@@ -169,10 +173,9 @@ class OutputFile(io.FileIO):
         super().__init__(path, "xb+")  # read too: the hash reads back what was written
         self.path = Path(os.path.abspath(path))
         self.sealed: SealedFile | None = None  # set by a clean close
-        self._in_flight = in_flight
         self._size = 0
         try:
-            self._hasher: _Hasher | None = _Hasher(self.fileno(), writeback_step)
+            self._hasher: _Hasher | None = _Hasher(self.fileno(), writeback_step, in_flight)
         except BaseException:
             super().close()
             raise
@@ -189,7 +192,7 @@ class OutputFile(io.FileIO):
                     raise OSError(f"{self.path}: write made no progress")
                 done += written
             self._size += end - start
-            hasher.advance(self._size, in_flight=self._in_flight)
+            hasher.advance(self._size)
         return n
 
     def tell(self) -> int:
