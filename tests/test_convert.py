@@ -226,11 +226,12 @@ def test_a_writer_module_that_is_not_there_is_a_usage_error(
     assert not (tmp_path / "g.bin").exists()
 
 
-def test_an_hf_output_is_hashed_once_and_its_sums_pass_sha256sum(
-    source: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("fmt", "big"), [("hf", "model.safetensors"), ("ct2", "model.bin")])
+def test_a_directory_output_is_hashed_once_and_its_sums_pass_sha256sum(
+    source: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, fmt: str, big: str
 ) -> None:
-    """model.safetensors is hashed as it is written (never read again for its digest), every other file
-    after; the SHA256SUMS holds for the real sha256sum; the phases add up to at most the total."""
+    """The big file is hashed as it is written (never read again for its digest), every other file after;
+    the SHA256SUMS holds for the real sha256sum; the phases add up to at most the total."""
     convert_module = importlib.import_module("whisperctl.api.convert")  # the package's name is the function
     hashed_after: list[str] = []
     real_sha256_file = convert_module.sha256_file
@@ -240,20 +241,20 @@ def test_an_hf_output_is_hashed_once_and_its_sums_pass_sha256sum(
         return real_sha256_file(path, **kw)
 
     monkeypatch.setattr(convert_module, "sha256_file", counting)
-    out = tmp_path / "hf"
-    r = cli("convert", str(source), str(out), "--to", "hf", "--dtype", "fp32", "--json")
+    out = tmp_path / fmt
+    r = cli("convert", str(source), str(out), "--to", fmt, "--dtype", "fp32", "--json")
     assert r.exit_code == 0, r.stderr
     report = json.loads(r.stdout)
     files = {f["path"]: f for f in report["files"]}
-    assert "model.safetensors" not in hashed_after
-    assert sorted(hashed_after) == sorted(p for p in files if p != "model.safetensors")
+    assert big in files and big not in hashed_after
+    assert sorted(hashed_after) == sorted(p for p in files if p != big)
     assert all(
         f["sha256"] == _digest(out / p) and f["size_bytes"] == (out / p).stat().st_size
         for p, f in files.items()
     )
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "model.safetensors: OK" in check.stdout and "FAILED" not in check.stdout
+    assert f"{big}: OK" in check.stdout and "FAILED" not in check.stdout
     seconds = report["seconds"]
     assert set(seconds) == {"start", "read", "write", "check", "seal", "place", "total"}
     assert all(v >= 0 for v in seconds.values())

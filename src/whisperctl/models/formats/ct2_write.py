@@ -32,6 +32,7 @@ from whisperctl.models.dims import ModelDimensions
 from whisperctl.models.formats.arrays import PageReleaser
 from whisperctl.models.formats.base import ModelFile
 from whisperctl.models.formats.ct2 import CT2_DTYPES, VERSION
+from whisperctl.models.formats.output import OutputFile
 from whisperctl.models.formats.tokenizer import Vocabulary, preprocessor_config, tokenizer_json, write_json
 
 __all__ = ["CHUNK", "SPEC", "write"]
@@ -307,7 +308,7 @@ def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str
     ]
     source = _Source(model, weights, dtype)
     alias = aliases(variables, source)
-    with open(out / "model.bin", "xb") as f:
+    with OutputFile(out / "model.bin") as f:  # hashed as written; the digest goes to SHA256SUMS
         write_model_bin(f, variables, alias, source)
     return [out / "model.bin", *written]
 
