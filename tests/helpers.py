@@ -123,3 +123,16 @@ class FinalGuard:
         self._thread.join()
         self.scan()
         return self.violations
+
+
+def resident_bytes(path: Path) -> int:
+    """Bytes of ``path``'s mappings resident in this process (Linux's /proc/self/smaps)."""
+    total, current = 0, False
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                current = line.rstrip("\n").endswith(str(path))
+            elif current and fields[:1] == ["Rss:"]:
+                total += int(fields[1]) * 1024
+    return total

@@ -24,6 +24,7 @@ from whisperctl.models.formats import ggml, openai, read_model  # noqa: E402
 from whisperctl.models.formats.arrays import bf16_to_fp32, open_arrays  # noqa: E402
 from whisperctl.models.formats.weights import open_weights  # noqa: E402
 
+from .helpers import resident_bytes  # noqa: E402
 from .test_loader import SMALLEST, make_state_dict, save_checkpoint  # noqa: E402
 
 SHARED = ("encoder.blocks.0.attn.query.weight", "encoder.blocks.0.attn.key.weight")
@@ -222,18 +223,6 @@ def test_bf16_to_fp32_is_exact_for_every_value() -> None:
     assert ours.view(np.uint32).tobytes() == theirs.view(np.uint32).tobytes()  # NaNs and zeros included
 
 
-def _resident(path: Path) -> int:
-    total, current = 0, False
-    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if fields and "-" in fields[0] and not fields[0].endswith(":"):
-                current = line.rstrip("\n").endswith(str(path))
-            elif current and fields[:1] == ["Rss:"]:
-                total += int(fields[1]) * 1024
-    return total
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="pages are released on Linux only")
 def test_numpy_arrays_release_their_pages_as_they_are_written(
     sources: dict[str, Path], tmp_path: Path
@@ -243,9 +232,9 @@ def test_numpy_arrays_release_their_pages_as_they_are_written(
     model = openai.read(sources["pt"])
     arrays = open_arrays(model)
     sum(float(a.astype(np.float32).sum()) for a in arrays.values())  # every page read once
-    assert _resident(sources["pt"]) > 0.9 * model.tensor_bytes
+    assert resident_bytes(sources["pt"]) > 0.9 * model.tensor_bytes
     ggml_write.write(model, arrays, tmp_path / "out.bin", dtype="float16")
-    assert _resident(sources["pt"]) < 0.25 * model.tensor_bytes
+    assert resident_bytes(sources["pt"]) < 0.25 * model.tensor_bytes
     expected = torch.load(sources["pt"], weights_only=True)["model_state_dict"]
     assert all(arrays[k].tobytes() == v.numpy().tobytes() for k, v in expected.items())
     assert ggml.read(tmp_path / "out.bin").dims == SMALLEST

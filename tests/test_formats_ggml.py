@@ -26,6 +26,8 @@ from whisperctl.models.formats.base import ModelFile  # noqa: E402
 from whisperctl.models.formats.weights import open_weights  # noqa: E402
 from whisperctl.models.transformer import Whisper  # noqa: E402
 
+from .helpers import resident_bytes  # noqa: E402
+
 # Small, not square (audio and text differ in heads, depth and context), with the real English vocabulary
 # and 80 mels: the mel filters and the tokenizer are openai-whisper's own.
 SMALL = ModelDimensions(
@@ -508,27 +510,14 @@ def test_real_tiny_en_from_ctranslate2_is_heard_by_whisper_cpp(tmp_path: Path) -
 # -- streaming: the input's pages leave the process as they are written -----------------------------------
 
 
-def _resident(path: Path) -> int:
-    """Bytes of ``path``'s mappings resident in this process (Linux's /proc/self/smaps)."""
-    total, current = 0, False
-    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if fields and "-" in fields[0] and not fields[0].endswith(":"):
-                current = line.rstrip("\n").endswith(str(path))
-            elif current and fields[:1] == ["Rss:"]:
-                total += int(fields[1]) * 1024
-    return total
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="pages are released on Linux only")
 def test_written_pages_leave_the_process(source: Path, tmp_path: Path) -> None:
     model = openai.read(source)
     weights = open_weights(model)
     sum(float(t.float().sum()) for t in weights.values())  # every page read once, as a writer reads it
-    assert _resident(source) > 0.9 * model.tensor_bytes
+    assert resident_bytes(source) > 0.9 * model.tensor_bytes
     ggml_write.write(model, weights, tmp_path / "out.bin", dtype="float16")
-    assert _resident(source) < 0.25 * model.tensor_bytes
+    assert resident_bytes(source) < 0.25 * model.tensor_bytes
     # Dropped pages are read again from the file when touched: nothing changed.
     original = _source_tensors(source)
     assert all(torch.equal(weights[k], original[k]) for k in original)
