@@ -306,7 +306,7 @@ def test_a_writer_failing_mid_file_leaves_nothing_and_no_thread(
     r = cli("convert", str(source), str(tmp_path / "g.bin"), "--to", "ggml")
     assert r.exit_code == code
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-    assert [t for t in threading.enumerate() if t.name == "whisperctl-output-hash"] == []
+    assert [t for t in threading.enumerate() if t.name == "whisperctl-hasher"] == []
 
 
 _LIMITED = """

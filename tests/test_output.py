@@ -19,7 +19,7 @@ from whisperctl.models.formats.output import OutputFile, SealedFile, recording
 
 
 def _hash_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "whisperctl-output-hash"]
+    return [t for t in threading.enumerate() if t.name == "whisperctl-hasher"]
 
 
 def _sha256(path: Path) -> str:

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from whisperctl.following import CHUNK, FollowingHasher
 from whisperctl.writeback import Writeback
 
 __all__ = ["CHUNK", "FollowingHasher", "copy_hashing", "hash_files", "sha256_file"]
-
-CHUNK = 4 * 1024 * 1024
 
 
 def sha256_file(path: Path | str, *, on_bytes: Callable[[int], None] | None = None) -> str:
@@ -67,78 +65,3 @@ def hash_files(
 
     with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(paths)))) as pool:
         return dict(zip(paths, pool.map(one, paths), strict=True))
-
-
-class FollowingHasher:
-    """Hashes a file in order while other code writes it out of order.
-
-    The writer calls :meth:`advance` with the length of the contiguous prefix that is on disk (the
-    *frontier*); a thread reads newly covered bytes back with ``pread`` (from the page cache, since they were
-    just written) and hashes them. The digest is thus ready moments after the last byte lands, with no
-    second pass over the file, and a resumed download re-hashes its old prefix from disk the same way. The
-    disk writes of what is hashed are started as it goes (:class:`~whisperctl.writeback.Writeback`), so the
-    final fsync finds most of the file on disk already.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._hash = hashlib.sha256()
-        self._frontier = 0
-        self._hashed = 0
-        self._closed = False
-        self._aborted = False
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
-        # What is hashed has landed in order: its writeback starts now, not at the final fsync.
-        self._writeback = Writeback(fd)
-        self._thread = threading.Thread(target=self._run, name="whisperctl-hasher", daemon=True)
-        self._thread.start()
-
-    def advance(self, frontier: int) -> None:
-        with self._cond:
-            if frontier > self._frontier:
-                self._frontier = frontier
-                self._cond.notify()
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while self._hashed >= self._frontier and not self._closed:
-                        self._cond.wait()
-                    if self._aborted or (self._hashed >= self._frontier and self._closed):
-                        return
-                    end = self._frontier
-                while self._hashed < end and not self._aborted:
-                    n = min(CHUNK, end - self._hashed)
-                    data = os.pread(self._fd, n, self._hashed)
-                    if not data:
-                        raise OSError(f"unexpected end of file at byte {self._hashed}")
-                    self._hash.update(data)
-                    self._hashed += len(data)
-                    self._writeback.advance(self._hashed)
-        except BaseException as exc:  # reported by finish()
-            self._error = exc
-
-    def finish(self, total: int) -> str:
-        """Wait until ``total`` bytes are hashed (the caller has advanced to it) and return the digest."""
-        self.advance(total)
-        self.close()
-        if self._error is not None:
-            raise self._error
-        if self._hashed != total:
-            raise OSError(f"hashed {self._hashed} bytes, expected {total}")
-        return self._hash.hexdigest()
-
-    def abort(self) -> None:
-        """Stop the thread as soon as possible, without catching up (idempotent)."""
-        with self._cond:
-            self._aborted = True
-        self.close()
-
-    def close(self) -> None:
-        """Stop the thread once it has caught up with the frontier (idempotent)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join()

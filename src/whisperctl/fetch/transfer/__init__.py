@@ -3,7 +3,7 @@
 A transfer asks for ``Range: bytes=0-`` first. A 206 answer tells the size and that ranges work: the file is
 then split into pieces of at most ``piece_size`` that several connections take in order, each written in place
 with ``pwrite`` into one preallocated file (:mod:`.plan`). A
-:class:`~whisperctl.store.hashing.FollowingHasher` hashes the contiguous prefix as it grows, so the digest is
+:class:`~whisperctl.following.FollowingHasher` hashes the contiguous prefix as it grows, so the digest is
 ready moments after the last byte lands.
 
 Every few seconds the data is flushed and a small JSON sidecar (:mod:`.sidecar`) records which bytes are on

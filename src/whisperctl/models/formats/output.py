@@ -1,8 +1,9 @@
 """The big output file of a writer: hashed while it is written, its writeback started early.
 
 ``with OutputFile(path) as f: f.write(buffer)`` creates ``path`` (exclusively, as the writers always did)
-and writes each buffer at once, in the calling thread. A second thread follows the writes: it reads back
-what was just written (from the page cache, with ``pread``) and feeds it to SHA-256. hashlib releases the
+and writes each buffer at once, in the calling thread. A second thread follows the writes
+(:class:`whisperctl.following.FollowingHasher`, the downloads' too): it reads back what was just written
+(from the page cache, with ``pread``) and feeds it to SHA-256. hashlib releases the
 GIL for large updates, so the digest is computed on the other core while the writer converts its next
 tensor, and no second pass over the file is needed once it is closed. Reading back, rather than hashing
 the writer's buffers, keeps no reference to them: a writer may reuse a buffer, or drop the pages of a
@@ -26,10 +27,8 @@ after writing (``openai``) uses a plain ``open``, and its file is hashed afterwa
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
-import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from whisperctl.writeback import Writeback
+from whisperctl.following import CHUNK, FollowingHasher
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -46,8 +45,6 @@ __all__ = ["IN_FLIGHT", "WRITEBACK_STEP", "OutputFile", "SealedFile", "recording
 
 IN_FLIGHT = 64 * 1024 * 1024  # unhashed bytes a writer may run ahead of the hash
 WRITEBACK_STEP = 64 * 1024 * 1024  # writeback is started for each such range as it is hashed
-_CHUNK = 4 * 1024 * 1024  # one write, read back and hash update at most
-_WAKE = 1024 * 1024  # the thread is woken for this much at least (small header writes add up first)
 
 
 @dataclass(frozen=True)
@@ -80,83 +77,6 @@ def recording() -> Iterator[dict[Path, SealedFile]]:
         _recorder.reset(token)
 
 
-class _Hasher:
-    """A thread that hashes a file in order as far as it is written (the *frontier*, which the writer
-    advances), reading it back, and starts the writeback of each step it has hashed."""
-
-    def __init__(self, fd: int, writeback_step: int, in_flight: int) -> None:
-        self._fd = fd
-        self._in_flight = in_flight
-        self._wake = max(1, min(_WAKE, in_flight))  # never more than a waiting writer lets run ahead
-        # What is hashed has landed in order: its writeback starts now, not at the final fsync.
-        self._writeback = Writeback(fd, step=writeback_step) if writeback_step > 0 else None
-        self._hash = hashlib.sha256()
-        self._frontier = 0
-        self._hashed = 0
-        self._done = False
-        self._stopped = False
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="whisperctl-output-hash", daemon=True)
-        self._thread.start()
-
-    def advance(self, frontier: int) -> None:
-        """Bytes up to ``frontier`` are written; wait while more than ``in_flight`` of them are unhashed."""
-        with self._cond:
-            self._frontier = frontier
-            if frontier - self._hashed >= self._wake:
-                self._cond.notify_all()
-            while self._frontier - self._hashed > self._in_flight and self._error is None:
-                self._cond.wait()
-            self._raise_error()
-
-    def finish(self) -> str:
-        """The digest of everything up to the frontier, once hashed."""
-        with self._cond:
-            self._done = True
-            self._cond.notify_all()
-        self._thread.join()
-        self._raise_error()
-        return self._hash.hexdigest()
-
-    def stop(self) -> None:
-        """End the thread without catching up (at most one read away); idempotent."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify_all()
-        self._thread.join()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        try:
-            while True:
-                with self._cond:
-                    while self._frontier - self._hashed < self._wake and not self._done and not self._stopped:
-                        self._cond.wait()
-                    if self._stopped or self._hashed >= self._frontier:
-                        return
-                    end = self._frontier
-                while self._hashed < end and not self._stopped:
-                    n = os.preadv(self._fd, [view[: min(_CHUNK, end - self._hashed)]], self._hashed)
-                    if n <= 0:
-                        raise OSError(f"the output ended at byte {self._hashed} while it was being hashed")
-                    self._hash.update(view[:n])
-                    with self._cond:
-                        self._hashed += n
-                        self._cond.notify_all()
-                    if self._writeback is not None:
-                        self._writeback.advance(self._hashed)
-        except BaseException as exc:  # said by the writer's next call
-            with self._cond:
-                self._error = exc
-                self._cond.notify_all()
-
-
 class OutputFile(io.FileIO):
     """A new binary file (exclusive create) hashed and written back as it is written; see the module
     docstring. Sequential: :meth:`write` (and ``writelines``), :meth:`tell`; no seeking.
@@ -175,7 +95,9 @@ class OutputFile(io.FileIO):
         self.sealed: SealedFile | None = None  # set by a clean close
         self._size = 0
         try:
-            self._hasher: _Hasher | None = _Hasher(self.fileno(), writeback_step, in_flight)
+            self._hasher: FollowingHasher | None = FollowingHasher(
+                self.fileno(), in_flight=in_flight, writeback_step=writeback_step
+            )
         except BaseException:
             super().close()
             raise
@@ -184,8 +106,8 @@ class OutputFile(io.FileIO):
         hasher = self._live()
         view = memoryview(data).cast("B")  # bytes, whatever the buffer's item type
         n = view.nbytes
-        for start in range(0, n, _CHUNK):  # a large buffer in steps, so that the hash follows closely
-            done, end = start, min(n, start + _CHUNK)
+        for start in range(0, n, CHUNK):  # a large buffer in steps, so that the hash follows closely
+            done, end = start, min(n, start + CHUNK)
             while done < end:
                 written = super().write(view[done:end])
                 if not written:  # pragma: no cover - a blocking file does not return 0 or None
@@ -228,7 +150,7 @@ class OutputFile(io.FileIO):
         """Close without recording (after :meth:`finish`, or to abandon the file): the thread is stopped."""
         hasher, self._hasher = getattr(self, "_hasher", None), None
         if hasher is not None:
-            hasher.stop()
+            hasher.abort()
         super().close()
 
     def __enter__(self) -> OutputFile:
@@ -242,7 +164,7 @@ class OutputFile(io.FileIO):
         else:
             self.close()
 
-    def _live(self) -> _Hasher:
+    def _live(self) -> FollowingHasher:
         if self._hasher is None or self.closed:
             raise ValueError(f"{self.path}: the output file is closed")
         return self._hasher
