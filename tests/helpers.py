@@ -136,3 +136,24 @@ def resident_bytes(path: Path) -> int:
             elif current and fields[:1] == ["Rss:"]:
                 total += int(fields[1]) * 1024
     return total
+
+
+def cached_bytes(path: Path) -> int:
+    """Bytes of ``path`` in the page cache (Linux's ``mincore`` on a private mapping of it)."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    if not size:
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    pages = -(-size // mmap.PAGESIZE)
+    vector = (ctypes.c_ubyte * pages)()
+    with path.open("rb") as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY) as mm:
+        anchor = ctypes.c_char.from_buffer(mm)  # a copy-on-write mapping lends its address
+        try:
+            if libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)), ctypes.c_size_t(size), vector):
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del anchor
+    return sum(b & 1 for b in vector) * mmap.PAGESIZE

@@ -19,15 +19,20 @@ from whisperctl.models.formats.output import OutputFile, SealedFile, recording
 
 
 def _hash_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "whisperctl-hasher"]
+    return [t for t in threading.enumerate() if t.name.startswith(("whisperctl-hasher", "whisperctl-writer"))]
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize(("in_flight", "step"), [(64 << 20, 64 << 20), (1 << 20, 1 << 20), (0, 0)])
-def test_the_digest_is_the_files_whatever_the_writes(tmp_path: Path, in_flight: int, step: int) -> None:
+@pytest.mark.parametrize(
+    ("direct", "in_flight", "step"),
+    [(True, 0, 0), (False, 64 << 20, 64 << 20), (False, 1 << 20, 1 << 20), (False, 0, 0)],
+)
+def test_the_digest_is_the_files_whatever_the_writes(
+    tmp_path: Path, direct: bool, in_flight: int, step: int
+) -> None:
     rng = np.random.default_rng(7)
     big = rng.standard_normal((3, 700_000)).astype(np.float32)  # 8.4 MB, written as rows and whole
     half = rng.standard_normal(1_500_000).astype(np.float16)
@@ -38,7 +43,7 @@ def test_the_digest_is_the_files_whatever_the_writes(tmp_path: Path, in_flight: 
         mapped_file.open("rb") as src,
         mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as mm,
         recording() as sealed,
-        OutputFile(path, in_flight=in_flight, writeback_step=step) as f,
+        OutputFile(path, direct=direct, in_flight=in_flight, writeback_step=step) as f,
     ):
         for i in range(5000):  # many small writes, as the ggml header and tensor headers are
             f.write(i.to_bytes(4, "little") * (i % 7))
@@ -50,7 +55,9 @@ def test_the_digest_is_the_files_whatever_the_writes(tmp_path: Path, in_flight: 
         f.write(view[1:])  # a mapped input passed through, at an odd offset
         f.write(view[:1])
         f.writelines([b"tail", bytearray(b"-end")])
-        assert f.tell() == path.stat().st_size
+        assert f.direct == direct
+        # Buffered, every byte is in the file at once; direct, up to two buffers wait for their write.
+        assert f.tell() == path.stat().st_size if not direct else f.tell() >= path.stat().st_size
         del view
     assert f.closed and f.sealed is not None
     assert f.sealed.sha256 == _sha256(path) and f.sealed.size_bytes == path.stat().st_size
@@ -59,10 +66,12 @@ def test_the_digest_is_the_files_whatever_the_writes(tmp_path: Path, in_flight: 
     assert _hash_threads() == []
 
 
-def test_a_buffer_reused_at_once_is_hashed_as_written(tmp_path: Path) -> None:
-    """The hash reads back the file, not the writer's buffer: a scratch buffer may change after write."""
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_buffer_reused_at_once_is_hashed_as_written(tmp_path: Path, direct: bool) -> None:
+    """A scratch buffer may change after write: the buffered hash reads back the file, the direct writer
+    copies."""
     scratch = bytearray(5 << 20)
-    with OutputFile(tmp_path / "r.bin", in_flight=64 << 20) as f:
+    with OutputFile(tmp_path / "r.bin", direct=direct, in_flight=64 << 20) as f:
         for i in range(6):
             scratch[:] = bytes([i]) * len(scratch)
             f.write(scratch)
@@ -87,9 +96,10 @@ def test_nothing_is_recorded_outside_a_recording_or_after_a_failure(tmp_path: Pa
     assert _hash_threads() == []
 
 
-def test_an_exception_in_the_middle_leaves_no_thread(tmp_path: Path) -> None:
-    big = np.zeros(64 << 20, np.uint8)  # more than in flight: the writer waits on the thread
-    f = OutputFile(tmp_path / "c.bin", in_flight=1 << 20)
+@pytest.mark.parametrize("direct", [True, False])
+def test_an_exception_in_the_middle_leaves_no_thread(tmp_path: Path, direct: bool) -> None:
+    big = np.zeros(64 << 20, np.uint8)  # more than in flight or a buffer: the writer waits on the thread
+    f = OutputFile(tmp_path / "c.bin", direct=direct, in_flight=1 << 20)
 
     def interrupted() -> None:
         with f:
@@ -149,8 +159,11 @@ def file_size_limit() -> Iterator[int]:
         signal.signal(signal.SIGXFSZ, previous)
 
 
-def test_a_write_error_is_the_oserror_and_stops_the_thread(tmp_path: Path, file_size_limit: int) -> None:
-    f = OutputFile(tmp_path / "f.bin")
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_write_error_is_the_oserror_and_stops_the_thread(
+    tmp_path: Path, file_size_limit: int, direct: bool
+) -> None:
+    f = OutputFile(tmp_path / "f.bin", direct=direct)
 
     def write_past_the_limit() -> None:
         with f:

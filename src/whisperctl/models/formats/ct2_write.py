@@ -33,12 +33,19 @@ from whisperctl.models.formats.arrays import PageReleaser
 from whisperctl.models.formats.base import ModelFile
 from whisperctl.models.formats.ct2 import CT2_DTYPES, VERSION
 from whisperctl.models.formats.output import OutputFile
-from whisperctl.models.formats.tokenizer import Vocabulary, preprocessor_config, tokenizer_json, write_json
+from whisperctl.models.formats.tokenizer import (
+    Vocabulary,
+    in_background,
+    preprocessor_config,
+    require_tokenizers,
+    tokenizer_json,
+    write_json,
+)
 
 __all__ = ["CHUNK", "SPEC", "write"]
 
 SPEC, REVISION = "WhisperSpec", 3
-CHUNK = 1 << 20  # elements converted at a time (4 MiB of float32)
+CHUNK = 8 << 20  # elements converted at a time (32 MiB of float32)
 _SAMPLE = 32  # elements from each end of a part that tell two values apart before they are compared
 _FLOATS = ("float16", "float32")
 
@@ -299,18 +306,23 @@ def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str
             if isinstance(part, str):
                 _check(model, part, var)
     vocab = Vocabulary(model.dims.n_vocab, "converting to ct2")
-    # The tokenizer first: a missing tokenizers library is known before the weights are read.
-    written = [
-        tokenizer_json(vocab, out, "ct2"),
-        write_json(out / "vocabulary.json", vocab.tokens),
-        write_json(out / "config.json", config(model, vocab)),
-        write_json(out / "preprocessor_config.json", preprocessor_config(model.dims.n_mels)),
-    ]
+    require_tokenizers("ct2")  # known before the weights are read
+
+    def tokenizer_files() -> list[Path]:
+        return [
+            tokenizer_json(vocab, out, "ct2"),
+            write_json(out / "vocabulary.json", vocab.tokens),
+            write_json(out / "config.json", config(model, vocab)),
+            write_json(out / "preprocessor_config.json", preprocessor_config(model.dims.n_mels)),
+        ]
+
     source = _Source(model, weights, dtype)
     alias = aliases(variables, source)
     with OutputFile(out / "model.bin") as f:  # hashed as written; the digest goes to SHA256SUMS
         write_model_bin(f, variables, alias, source)
-    return [out / "model.bin", *written]
+        with in_background(tokenizer_files) as written:
+            f.finish()  # mostly the disk's final flush: the tokenizer files are built meanwhile
+    return [out / "model.bin", *written.result()]
 
 
 def _check(model: ModelFile, name: str, var: Variable) -> None:

@@ -18,6 +18,7 @@ dequantize). A ggml file carries no alignment heads.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from pathlib import Path
@@ -113,6 +114,7 @@ _MAX_TOKEN_BYTES = 1 << 16
 _MAX_NAME_BYTES = 1 << 10
 _MAX_DIMS = 4  # ggml's GGML_MAX_DIMS
 _FIX = "download or convert it again"
+_START = 4 << 20  # read at once: the hparams, mel filters and vocabulary (about 1 MB for Whisper)
 
 
 def sniff(head: bytes) -> bool:
@@ -185,9 +187,20 @@ def read(path: Path) -> ModelFile:
             if size == 0:
                 raise IntegrityError(f"{path}: an empty file, not a whisper.cpp ggml model; {_FIX}")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                _headers_only(mm)
                 return _parse(_Cursor(path, mm))
     except OSError as exc:
         raise IntegrityError(f"{path}: cannot be read ({exc.strerror or exc}); check the path") from None
+
+
+def _headers_only(mm: mmap.mmap) -> None:
+    """Read what the headers need, not the tensors between them: the file's start (hparams, mel filters,
+    vocabulary) at once, then each tensor header's page alone. Without this the kernel reads around every
+    header it faults in, growing its window as the faults move forward: most of a file that is not cached
+    (one just written around the page cache) was read to find its 1,259 headers."""
+    with contextlib.suppress(AttributeError, OSError):  # advice only (no madvise on some systems)
+        mm.madvise(mmap.MADV_RANDOM)
+        mm.madvise(mmap.MADV_WILLNEED, 0, min(len(mm), _START))
 
 
 def _parse(cur: _Cursor) -> ModelFile:

@@ -22,7 +22,9 @@ from whisperctl.models.formats.output import OutputFile
 from whisperctl.models.formats.tokenizer import (
     SpecialTokens,
     Vocabulary,
+    in_background,
     preprocessor_config,
+    require_tokenizers,
     write_hf_tokenizer,
     write_json,
 )
@@ -138,10 +140,13 @@ def write_safetensors(
     release: Callable[[Any], None] | None = None,
     *,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> Path:
     """``weights`` (openai names; numpy arrays or CPU tensors) as a safetensors file in transformers' names,
     one tensor at a time; ``release`` is given each source array once written (a writer drops its pages of
-    the mapped input). ``shapes`` (by the same names) spares the header a first access to every array."""
+    the mapped input). ``shapes`` (by the same names) spares the header a first access to every array.
+    ``meanwhile`` runs on another thread once the last tensor is written, while the file is made durable
+    (mostly a wait on the disk); its exception is raised here."""
     itemsize = NUMPY_DTYPES[dtype].itemsize
     names = sorted(weights, key=hf_name)
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
@@ -169,23 +174,31 @@ def write_safetensors(
             if release is not None:
                 release(source)
             del array, source
+        if meanwhile is not None:
+            with in_background(meanwhile) as done:
+                f.finish()
+            done.result()
     return path
 
 
 def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str) -> list[Path]:
     """Every file of a transformers Whisper directory under ``out`` (an empty directory)."""
     vocab = Vocabulary(model.dims.n_vocab, "converting to hf")
+    require_tokenizers("hf")  # known before the weights are read
     written = [
         write_json(out / "config.json", config(model, dtype)),
         write_json(out / "generation_config.json", generation_config(model, vocab)),
         write_json(out / "preprocessor_config.json", preprocessor_config(model.dims.n_mels)),
+    ]
+    tokenizer: list[Path] = []
+    written.append(
         write_safetensors(
             out / "model.safetensors",
             weights,
             dtype,
             PageReleaser(model.files),
             shapes={name: t.shape for name, t in model.tensors.items()},
-        ),
-    ]
-    written += write_hf_tokenizer(vocab, out)
-    return written
+            meanwhile=lambda: tokenizer.extend(write_hf_tokenizer(vocab, out)),
+        )
+    )
+    return written + tokenizer

@@ -1,7 +1,14 @@
-"""The big output file of a writer: hashed while it is written, its writeback started early.
+"""The big output file of a writer: hashed while it is written, written to disk as it goes.
 
-``with OutputFile(path) as f: f.write(buffer)`` creates ``path`` (exclusively, as the writers always did)
-and writes each buffer at once, in the calling thread. A second thread follows the writes
+``with OutputFile(path) as f: f.write(buffer)`` creates ``path`` (exclusively, as the writers always did).
+Where the file system allows it (Linux, most local file systems), the file is written around the page
+cache: :class:`whisperctl.direct.DirectWriter` copies each buffer into one of two aligned 64 MiB buffers,
+hashes each once full and writes it with ``O_DIRECT`` from a second thread while the writer fills the
+other, so the disk gets large requests from the first byte on and the final ``fsync`` has only metadata
+left (3 GB made durable in about half the time of buffered writes on this project's disk).
+
+Elsewhere (``direct=False``, or a file system that refuses ``O_DIRECT``), each buffer is written at once,
+in the calling thread, and a second thread follows the writes
 (:class:`whisperctl.following.FollowingHasher`, the downloads' too): it reads back what was just written
 (from the page cache, with ``pread``) and feeds it to SHA-256. hashlib releases the
 GIL for large updates, so the digest is computed on the other core while the writer converts its next
@@ -36,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from whisperctl.direct import DirectWriter, enable
 from whisperctl.following import CHUNK, FollowingHasher
 
 if TYPE_CHECKING:
@@ -78,34 +86,47 @@ def recording() -> Iterator[dict[Path, SealedFile]]:
 
 
 class OutputFile(io.FileIO):
-    """A new binary file (exclusive create) hashed and written back as it is written; see the module
+    """A new binary file (exclusive create) hashed and written to disk as it is written; see the module
     docstring. Sequential: :meth:`write` (and ``writelines``), :meth:`tell`; no seeking.
-    ``in_flight``: the unhashed bytes a writer may run ahead; ``writeback_step``: how often writeback is
-    started (0: never, the final fsync writes it all)."""
+    ``direct``: write around the page cache where the file system allows it (True), or never (False).
+    For buffered writes, ``in_flight``: the unhashed bytes a writer may run ahead; ``writeback_step``: how
+    often writeback is started (0: never, the final fsync writes it all)."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
+        direct: bool = True,
         in_flight: int = IN_FLIGHT,
         writeback_step: int = WRITEBACK_STEP,
     ) -> None:
-        super().__init__(path, "xb+")  # read too: the hash reads back what was written
+        super().__init__(path, "xb+")  # read too: a buffered file's hash reads back what was written
         self.path = Path(os.path.abspath(path))
         self.sealed: SealedFile | None = None  # set by a clean close
         self._size = 0
+        self._hasher: FollowingHasher | None = None
+        self._direct: DirectWriter | None = None
+        self.direct = False  # written around the page cache (O_DIRECT)
         try:
-            self._hasher: FollowingHasher | None = FollowingHasher(
-                self.fileno(), in_flight=in_flight, writeback_step=writeback_step
-            )
+            if direct and enable(self.fileno()):
+                self._direct = DirectWriter(self.fileno())
+                self.direct = True
+            else:
+                self._hasher = FollowingHasher(
+                    self.fileno(), in_flight=in_flight, writeback_step=writeback_step
+                )
         except BaseException:
             super().close()
             raise
 
     def write(self, data: ReadableBuffer, /) -> int:
-        hasher = self._live()
         view = memoryview(data).cast("B")  # bytes, whatever the buffer's item type
         n = view.nbytes
+        if self._direct is not None and not self.closed:
+            self._direct.write(view)
+            self._size += n
+            return n
+        hasher = self._live()
         for start in range(0, n, CHUNK):  # a large buffer in steps, so that the hash follows closely
             done, end = start, min(n, start + CHUNK)
             while done < end:
@@ -132,9 +153,11 @@ class OutputFile(io.FileIO):
     def finish(self) -> SealedFile:
         """Wait for the digest, fsync, close, and record the file (in :attr:`sealed` and the open
         :func:`recording`). On any failure the file is closed with nothing recorded."""
-        hasher = self._live()
         try:
-            digest = hasher.finish()
+            if self._direct is not None and not self.closed:
+                digest = self._direct.finish()
+            else:
+                digest = self._live().finish()
             os.fsync(self.fileno())
             st = os.fstat(self.fileno())
         finally:
@@ -151,6 +174,9 @@ class OutputFile(io.FileIO):
         hasher, self._hasher = getattr(self, "_hasher", None), None
         if hasher is not None:
             hasher.abort()
+        direct, self._direct = getattr(self, "_direct", None), None
+        if direct is not None:
+            direct.abort()
         super().close()
 
     def __enter__(self) -> OutputFile:

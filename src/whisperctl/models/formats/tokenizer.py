@@ -9,18 +9,31 @@ special tokens' ids follow from ``n_vocab`` alone, so writers can compute them w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from whisperctl.errors import IntegrityError
 from whisperctl.models.formats.assets import assets_dir, tiktoken_ranks
 
-__all__ = ["LANGUAGES", "SpecialTokens", "Vocabulary", "preprocessor_config", "write_hf_tokenizer"]
+__all__ = [
+    "LANGUAGES",
+    "SpecialTokens",
+    "Vocabulary",
+    "in_background",
+    "preprocessor_config",
+    "require_tokenizers",
+    "write_hf_tokenizer",
+]
+
+T = TypeVar("T")
 
 # openai-whisper's language codes, in token order (whisper/tokenizer.py LANGUAGES); large-v3 adds "yue".
 LANGUAGES = [
@@ -228,12 +241,25 @@ class Vocabulary:
 
     @cached_property
     def merges(self) -> list[tuple[str, str]]:
-        """One merge per multi-byte token, in rank order."""
+        """One merge per multi-byte token, in rank order: the two tokens that byte-pair encoding with the
+        ranks below the token's own joins last into it.
+
+        Those two tokens both rank below it; where only one split of the token into two such tokens exists
+        (about half of the vocabulary), it is that split and the encoding is not run."""
         out = []
-        for token, rank in sorted(self.ranks.items(), key=lambda item: item[1]):
+        ranks = self.ranks
+        for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
             if len(token) < 2:
                 continue
-            parts = bpe(self.ranks, token, max_rank=rank)
+            splits = [
+                i
+                for i in range(1, len(token))
+                if ranks.get(token[:i], rank) < rank and ranks.get(token[i:], rank) < rank
+            ]
+            if len(splits) == 1:
+                parts = [token[: splits[0]], token[splits[0] :]]
+            else:
+                parts = bpe(ranks, token, max_rank=rank)
             if len(parts) != 2:
                 raise IntegrityError(f"openai-whisper's token {token!r} is not one merge of two tokens")
             out.append((self.spell(parts[0]), self.spell(parts[1])))
@@ -315,17 +341,34 @@ def write_json(path: Path, data: Any) -> Path:
     return path
 
 
+def require_tokenizers(fmt: str) -> None:
+    """Raise :class:`~whisperctl.errors.UsageError` naming the extra to install (``fmt``: "hf" or "ct2")
+    when the tokenizers library is missing; a writer asks before it reads any weights."""
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        from whisperctl.errors import UsageError
+
+        raise UsageError(f"converting to {fmt} needs tokenizers: pip install 'whisperctl[{fmt}]'") from None
+
+
+@contextlib.contextmanager
+def in_background(work: Callable[[], T]) -> Iterator[Future[T]]:
+    """Run ``work`` on a thread while the block runs; the block ends once ``work`` has ended. A writer
+    builds its tokenizer files (the BPE merges: about a second of pure Python) while its weights file is
+    made durable (a wait on the disk that holds no GIL)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="whisperctl-tokenizer") as pool:
+        yield pool.submit(work)
+
+
 def tokenizer_json(vocab: Vocabulary, out: Path, fmt: str) -> Path:
     """``tokenizer.json`` (the tokenizers library's own file), which transformers and faster-whisper read.
 
     ``fmt`` ("hf" or "ct2") names the extra to install when the tokenizers library is missing.
     """
-    try:
-        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    except ImportError:
-        from whisperctl.errors import UsageError
+    require_tokenizers(fmt)
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-        raise UsageError(f"converting to {fmt} needs tokenizers: pip install 'whisperctl[{fmt}]'") from None
     ordinary = {t: i for i, t in enumerate(vocab.tokens[: vocab.special.eot])}
     tok = Tokenizer(models.BPE(vocab=ordinary, merges=vocab.merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
