@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import cached_bytes
 from whisperctl import direct
 from whisperctl.direct import ALIGN, DirectWriter, enable
-from whisperctl.models.formats.output import OutputFile
+from whisperctl.models.formats.output import DIRECT_MIN, OutputFile
 
 
 def _writer_threads() -> list[threading.Thread]:
@@ -139,3 +139,15 @@ def test_an_output_file_where_o_direct_is_refused_is_buffered(
 def test_buffer_sizes_must_keep_the_alignment() -> None:
     with pytest.raises(ValueError, match="multiple"):
         DirectWriter(0, buffer_size=ALIGN + 1)
+
+
+def test_only_a_large_file_is_written_around_the_page_cache(tmp_path: Path) -> None:
+    """Below DIRECT_MIN the page cache costs nothing the disk does not; the aligned buffers would."""
+    expected = {None: False, 80 << 20: False, DIRECT_MIN - 1: False, DIRECT_MIN: True}
+    for i, (hint, direct_) in enumerate(expected.items()):
+        with OutputFile(tmp_path / f"{i}.bin", size_hint=hint) as f:
+            f.write(b"data")
+            if direct_ and not f.direct:
+                pytest.skip(f"{tmp_path}: its file system takes no O_DIRECT")
+            assert f.direct == direct_, hint
+        assert (tmp_path / f"{i}.bin").read_bytes() == b"data"

@@ -4,6 +4,7 @@ malformed file refused in one line before anything is allocated."""
 from __future__ import annotations
 
 import base64
+import os
 import struct
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from whisperctl.models.formats.base import ModelFile  # noqa: E402
 from whisperctl.models.formats.weights import open_weights  # noqa: E402
 from whisperctl.models.transformer import Whisper  # noqa: E402
 
-from .helpers import resident_bytes  # noqa: E402
+from .helpers import cached_bytes, resident_bytes  # noqa: E402
 
 # Small, not square (audio and text differ in heads, depth and context), with the real English vocabulary
 # and 80 mels: the mel filters and the tokenizer are openai-whisper's own.
@@ -198,6 +199,27 @@ def test_sniff() -> None:
     assert not ggml.sniff(b"PK\x03\x04")
     assert not ggml.sniff(b"ggml")  # the magic is little-endian
     assert not ggml.sniff(b"")
+
+
+def test_reading_an_uncached_file_reads_its_headers_not_its_tensors(tmp_path: Path) -> None:
+    """A file just written around the page cache is read back for its headers only: the kernel's
+    read-around would otherwise pull in most of the tensors between them."""
+    wide = replace(SMALL, n_audio_state=512, n_text_state=512, n_audio_head=8, n_text_head=8)
+    wide = replace(wide, n_audio_layer=2, n_text_layer=2)
+    path = convert(make_checkpoint(tmp_path / "wide.pt", wide), tmp_path / "wide.bin", "float32")
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    if cached_bytes(path) > size // 100:
+        pytest.skip("the page cache kept the file")
+    model = ggml.read(path)
+    assert model.dims == wide and len(model.tensors) == len(state_dict_shapes(wide))
+    # The start (hparams, mel filters, vocabulary) and a page or two a header; not the 40 MB between.
+    assert cached_bytes(path) <= ggml._START + 2 * 4096 * len(model.tensors) < size // 4
 
 
 def test_read_model_detects_ggml(written: dict[str, Path]) -> None:

@@ -318,7 +318,8 @@ def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str
 
     source = _Source(model, weights, dtype)
     alias = aliases(variables, source)
-    with OutputFile(out / "model.bin") as f:  # hashed as written; the digest goes to SHA256SUMS
+    size = sum(prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables if v.name not in alias)
+    with OutputFile(out / "model.bin", size_hint=size) as f:  # hashed as written; digest to SHA256SUMS
         write_model_bin(f, variables, alias, source)
         with in_background(tokenizer_files) as written:
             f.finish()  # mostly the disk's final flush: the tokenizer files are built meanwhile

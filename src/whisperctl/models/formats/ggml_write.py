@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import sys
 from collections.abc import Mapping
+from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -55,7 +56,11 @@ def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str
     vocabulary = _vocabulary(dims.n_vocab)
     ftype = _FTYPES[dtype]
     release = PageReleaser(model.files)
-    with OutputFile(out) as f:  # hashed as written; the digest goes to the report
+    size = sum(
+        prod(shape) * np.dtype(stored_dtype(name, len(shape), ftype)).itemsize
+        for name, shape in expected.items()
+    )
+    with OutputFile(out, size_hint=size) as f:  # hashed as written; the digest goes to the report
         f.write(struct.pack("<I", MAGIC))
         f.write(struct.pack(f"<{len(HPARAMS) + 1}i", *(getattr(dims, k) for k in HPARAMS), ftype))
         f.write(struct.pack("<2i", *filters.shape))

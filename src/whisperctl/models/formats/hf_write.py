@@ -162,7 +162,7 @@ def write_safetensors(
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the data then starts 8-byte aligned, as the library writes it
-    with OutputFile(path) as f:  # hashed as written; the digest goes to SHA256SUMS
+    with OutputFile(path, size_hint=8 + len(raw) + offset) as f:  # hashed as written; digest to SHA256SUMS
         f.write(len(raw).to_bytes(8, "little"))
         f.write(raw)
         for name in names:
