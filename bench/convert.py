@@ -437,7 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-script", type=Path, default=None, help="transformers' convert_openai_to_hf.py")
     parser.add_argument("--whisper-cpp", type=Path, default=PEERS / "whisper.cpp", help="a whisper.cpp tree")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "convert.json")
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="only these cases, comma-separated (e.g. 'openai->ggml' to rerun one pair of a noisy run)",
+    )
     args = parser.parse_args(argv)
+    only = None if args.cases is None else {c.strip() for c in args.cases.split(",")}
     models = ["tiny.en"] if args.quick else args.models.split(",")
     runs = 1 if args.quick else args.runs
     args.work.mkdir(parents=True, exist_ok=True)
@@ -454,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise SystemExit(f"{model}: not a benchmark model (large-v3, tiny.en)")
         for case in model_cases(model, pt, work, args):
+            if only is not None and case.key not in only:
+                continue
             rows.append(run_case(model, case, runs=runs, timeout=args.timeout, idle_wait=args.idle_wait))
     results = targets(rows, models)
     print(table(rows))
@@ -464,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.time() - started,
         "quick": args.quick,
         "runs": runs,
+        "cases": sorted(only) if only is not None else "all",
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

@@ -61,6 +61,10 @@ from common import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # tests/helpers.py: the tests evict a file from the page cache the same way
+
+from tests.helpers import evict  # noqa: E402
+
 BIN = Path(sys.executable).parent
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -244,16 +248,6 @@ def ensure_checkpoint(work: Path, name: str, *, timeout: float) -> Path:
     os.replace(tmp, path)  # a killed run leaves a .tmp, never a truncated checkpoint under the final name
     print(f"  {path.stat().st_size:,} bytes in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return path
-
-
-def evict(path: Path) -> None:
-    """Drop the file's pages from the page cache (clean pages only: it is fsynced first)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 # -- running one load ----------------------------------------------------------------------------------------

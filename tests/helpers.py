@@ -138,6 +138,16 @@ def resident_bytes(path: Path) -> int:
     return total
 
 
+def evict(path: Path) -> None:
+    """Drop the file's pages from the page cache (clean pages only: it is fsynced first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def cached_bytes(path: Path) -> int:
     """Bytes of ``path`` in the page cache (Linux's ``mincore`` on a private mapping of it)."""
     import ctypes

@@ -4,7 +4,6 @@ malformed file refused in one line before anything is allocated."""
 from __future__ import annotations
 
 import base64
-import os
 import struct
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from whisperctl.models.formats.base import ModelFile  # noqa: E402
 from whisperctl.models.formats.weights import open_weights  # noqa: E402
 from whisperctl.models.transformer import Whisper  # noqa: E402
 
-from .helpers import cached_bytes, resident_bytes  # noqa: E402
+from .helpers import cached_bytes, evict, resident_bytes  # noqa: E402
 
 # Small, not square (audio and text differ in heads, depth and context), with the real English vocabulary
 # and 80 mels: the mel filters and the tokenizer are openai-whisper's own.
@@ -208,12 +207,7 @@ def test_reading_an_uncached_file_reads_its_headers_not_its_tensors(tmp_path: Pa
     wide = replace(wide, n_audio_layer=2, n_text_layer=2)
     path = convert(make_checkpoint(tmp_path / "wide.pt", wide), tmp_path / "wide.bin", "float32")
     size = path.stat().st_size
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    evict(path)
     if cached_bytes(path) > size // 100:
         pytest.skip("the page cache kept the file")
     model = ggml.read(path)

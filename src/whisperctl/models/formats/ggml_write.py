@@ -92,11 +92,9 @@ def _vocabulary(n_vocab: int) -> bytes:
     """The token count, then each token's length and bytes in rank order (what whisper.cpp reads)."""
     ranks = assets.tiktoken_ranks(n_vocab, _PURPOSE)
     tokens = sorted(ranks, key=ranks.__getitem__)
-    parts = [struct.pack("<i", len(tokens))]
-    for token in tokens:
-        parts.append(struct.pack("<i", len(token)))
-        parts.append(token)
-    return b"".join(parts)
+    return len(tokens).to_bytes(4, "little") + b"".join(
+        len(token).to_bytes(4, "little") + token for token in tokens
+    )
 
 
 def _write_tensor(f: BinaryIO, name: str, tensor: Any, dtype: str) -> None:
