@@ -175,3 +175,32 @@ def test_a_write_error_is_the_oserror_and_stops_the_thread(
     assert caught.value.errno == errno.EFBIG
     assert f.closed and sealed == {} and (tmp_path / "f.bin").stat().st_size == file_size_limit
     assert _hash_threads() == []
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_work_runs_while_the_file_is_finished(tmp_path: Path, direct: bool) -> None:
+    """finish_while: the file sealed, the work's result returned; the work's error raised once the file is
+    finished, no thread left either way."""
+    seen: list[str] = []
+
+    def work() -> str:
+        seen.append(threading.current_thread().name)
+        return "built"
+
+    with recording() as sealed, OutputFile(tmp_path / "a.bin", direct=direct) as f:
+        f.write(b"x" * (3 << 20))
+        assert f.finish_while(work) == "built"
+    assert f.sealed is not None and sealed == {f.path: f.sealed}
+    assert f.sealed.sha256 == _sha256(tmp_path / "a.bin")
+    assert seen and seen[0] != threading.main_thread().name
+
+    def failing() -> str:
+        raise ValueError("the tokenizer failed")
+
+    g = OutputFile(tmp_path / "b.bin", direct=direct)
+    g.write(b"y" * 100)
+    with pytest.raises(ValueError, match="tokenizer failed"):
+        g.finish_while(failing)
+    assert g.sealed is not None and g.closed
+    assert [t for t in threading.enumerate() if t.name.startswith("whisperctl-meanwhile")] == []
+    assert _hash_threads() == []

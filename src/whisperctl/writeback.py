@@ -44,19 +44,14 @@ class Writeback:
     system without it) turns it off for this file. Not thread-safe: one caller per file.
     """
 
-    def __init__(self, fd: int, *, start: int = 0, step: int = STEP) -> None:
+    def __init__(self, fd: int, *, step: int = STEP) -> None:
         self.fd = fd
-        self.done = start  # writeback started for [0, done)
+        self.done = 0  # writeback started for [0, done)
         self.step = step
         self.enabled = _sync_file_range is not None
 
     def advance(self, end: int) -> None:
         if self.enabled and end - self.done >= self.step:
-            self._start(end)
-
-    def flush(self, end: int) -> None:
-        """Start whatever is left up to ``end`` (before the final fsync, which then waits on it)."""
-        if self.enabled and end > self.done:
             self._start(end)
 
     def _start(self, end: int) -> None:

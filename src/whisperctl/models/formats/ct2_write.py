@@ -35,7 +35,6 @@ from whisperctl.models.formats.ct2 import CT2_DTYPES, VERSION
 from whisperctl.models.formats.output import OutputFile
 from whisperctl.models.formats.tokenizer import (
     Vocabulary,
-    in_background,
     preprocessor_config,
     require_tokenizers,
     tokenizer_json,
@@ -321,9 +320,8 @@ def write(model: ModelFile, weights: Mapping[str, Any], out: Path, *, dtype: str
     size = sum(prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables if v.name not in alias)
     with OutputFile(out / "model.bin", size_hint=size) as f:  # hashed as written; digest to SHA256SUMS
         write_model_bin(f, variables, alias, source)
-        with in_background(tokenizer_files) as written:
-            f.finish()  # mostly the disk's final flush: the tokenizer files are built meanwhile
-    return [out / "model.bin", *written.result()]
+        written = f.finish_while(tokenizer_files)
+    return [out / "model.bin", *written]
 
 
 def _check(model: ModelFile, name: str, var: Variable) -> None:

@@ -22,7 +22,6 @@ from whisperctl.models.formats.output import OutputFile
 from whisperctl.models.formats.tokenizer import (
     SpecialTokens,
     Vocabulary,
-    in_background,
     preprocessor_config,
     require_tokenizers,
     write_hf_tokenizer,
@@ -145,8 +144,8 @@ def write_safetensors(
     """``weights`` (openai names; numpy arrays or CPU tensors) as a safetensors file in transformers' names,
     one tensor at a time; ``release`` is given each source array once written (a writer drops its pages of
     the mapped input). ``shapes`` (by the same names) spares the header a first access to every array.
-    ``meanwhile`` runs on another thread once the last tensor is written, while the file is made durable
-    (mostly a wait on the disk); its exception is raised here."""
+    ``meanwhile`` runs on another thread while the file is made durable (:meth:`.OutputFile.finish_while`);
+    its exception is raised here."""
     itemsize = NUMPY_DTYPES[dtype].itemsize
     names = sorted(weights, key=hf_name)
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
@@ -175,9 +174,7 @@ def write_safetensors(
                 release(source)
             del array, source
         if meanwhile is not None:
-            with in_background(meanwhile) as done:
-                f.finish()
-            done.result()
+            f.finish_while(meanwhile)
     return path
 
 

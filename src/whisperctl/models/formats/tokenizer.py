@@ -9,16 +9,13 @@ special tokens' ids follow from ``n_vocab`` alone, so writers can compute them w
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from whisperctl.errors import IntegrityError
 from whisperctl.models.formats.assets import assets_dir, tiktoken_ranks
@@ -27,13 +24,10 @@ __all__ = [
     "LANGUAGES",
     "SpecialTokens",
     "Vocabulary",
-    "in_background",
     "preprocessor_config",
     "require_tokenizers",
     "write_hf_tokenizer",
 ]
-
-T = TypeVar("T")
 
 # openai-whisper's language codes, in token order (whisper/tokenizer.py LANGUAGES); large-v3 adds "yue".
 LANGUAGES = [
@@ -350,15 +344,6 @@ def require_tokenizers(fmt: str) -> None:
         from whisperctl.errors import UsageError
 
         raise UsageError(f"converting to {fmt} needs tokenizers: pip install 'whisperctl[{fmt}]'") from None
-
-
-@contextlib.contextmanager
-def in_background(work: Callable[[], T]) -> Iterator[Future[T]]:
-    """Run ``work`` on a thread while the block runs; the block ends once ``work`` has ended. A writer
-    builds its tokenizer files (the BPE merges: about a second of pure Python) while its weights file is
-    made durable (a wait on the disk that holds no GIL)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="whisperctl-tokenizer") as pool:
-        yield pool.submit(work)
 
 
 def tokenizer_json(vocab: Vocabulary, out: Path, fmt: str) -> Path:
